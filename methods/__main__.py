@@ -1,0 +1,149 @@
+"""`python -m methods <step>`: the commands the Snakemake rules run, also usable by hand to debug one step.
+
+    python -m methods train   --configfile config/config.yaml --run cohen-0.25 --seed 0
+    python -m methods certify --configfile config/config.yaml --run cohen-0.25 --seed 0
+    python -m methods summarize --radii 0 0.25 0.5 --out results/digits/summary.csv results/digits/*/seed*/certify/*.tsv
+    python -m methods report  --summary results/digits/summary.csv --figures-dir figures/digits \\
+                              --tables-dir results/digits/tables
+
+Rules pass the resolved run spec as --spec JSON instead of --configfile/--run; both resolve through methods.config.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", help="resolved run spec as JSON (what the Snakemake rules pass)")
+    p.add_argument("--configfile", help="config YAML (default: config/config.yaml); with --run")
+    p.add_argument("--run", help="run name in the config")
+    p.add_argument("--seed", type=int, help="seed (default: the run's first seed)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _spec(args) -> dict:
+    from . import config
+
+    if args.spec:
+        return json.loads(args.spec)
+    if not args.run:
+        raise config.ConfigError("give --spec, or --run NAME (with --configfile, default config/config.yaml)")
+    cfg = config.load(args.configfile)
+    seed = args.seed
+    if seed is None:
+        run = cfg["runs"].get(args.run, {})
+        seed = run.get("seeds", cfg["seeds"])[0]
+    return config.resolve_run(cfg, args.run, seed)
+
+
+def _run_dir(spec: dict) -> Path:
+    return Path("results") / spec["dataset"] / spec["run"] / f"seed{spec['seed']}"
+
+
+def _setup_threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def cmd_train(args) -> None:
+    from .train import train
+
+    spec = _spec(args)
+    _setup_threads(args)
+    out = Path(args.out) if args.out else _run_dir(spec)
+    path = train(spec, out, device=args.device, progress=not args.no_progress)
+    print(f"wrote {path}")
+
+
+def cmd_certify(args) -> None:
+    from .certify import certify_run
+
+    spec = _spec(args)
+    _setup_threads(args)
+    run_dir = _run_dir(spec)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else run_dir / "model.pt"
+    out = Path(args.out) if args.out else run_dir / "certify" / f"{args.certifier}.tsv"
+    shard, shards = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
+    path = certify_run(checkpoint, spec, out, args.certifier, device=args.device, shard=shard, shards=shards,
+                       progress=not args.no_progress)
+    print(f"wrote {path}")
+
+
+def cmd_merge(args) -> None:
+    from .certify import merge_shards
+
+    print(f"wrote {merge_shards(args.shards, args.out)}")
+
+
+def cmd_summarize(args) -> None:
+    from .report import summarize
+
+    summary = summarize(args.tsv, args.radii, args.out)
+    print(f"wrote {args.out} ({len(summary)} rows)")
+
+
+def cmd_report(args) -> None:
+    from .report import report
+
+    for path in report(args.summary, args.figures_dir, args.tables_dir, args.radius_max, args.title):
+        print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m methods", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="step", required=True)
+
+    p = sub.add_parser("train", help="train one run (resumes from <out>/state if present)")
+    _add_spec_args(p)
+    p.add_argument("--out", help="run directory (default: results/<dataset>/<run>/seed<seed>)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("certify", help="certify a trained run's test subset, write the per-example TSV")
+    _add_spec_args(p)
+    p.add_argument("--checkpoint", help="model file (default: <run dir>/model.pt)")
+    p.add_argument("--certifier", default="cohen", help="certifier (default: cohen = Cohen's CERTIFY)")
+    p.add_argument("--out", help="TSV to write (default: <run dir>/certify/<certifier>.tsv)")
+    p.add_argument("--shard", help="I/N: certify only shard I (0-based) of N of the subset")
+    p.set_defaults(func=cmd_certify)
+
+    p = sub.add_parser("merge", help="merge shard TSVs in dataset-index order")
+    p.add_argument("--out", required=True)
+    p.add_argument("shards", nargs="+")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("summarize", help="summary.csv from per-example TSVs")
+    p.add_argument("--radii", type=float, nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("tsv", nargs="+", help="results/<dataset>/<run>/seed<s>/certify/<certifier>.tsv files")
+    p.set_defaults(func=cmd_summarize)
+
+    p = sub.add_parser("report", help="figure (PNG + PDF) and tables (Markdown, LaTeX, CSV) from summary.csv")
+    p.add_argument("--summary", required=True)
+    p.add_argument("--figures-dir", required=True)
+    p.add_argument("--tables-dir", required=True)
+    p.add_argument("--radius-max", type=float, default=1.5)
+    p.add_argument("--title", default="")
+    p.set_defaults(func=cmd_report)
+
+    args = parser.parse_args(argv)
+    from .config import ConfigError
+    from .data import DatasetNotFound
+
+    try:
+        args.func(args)
+    except (ConfigError, DatasetNotFound, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

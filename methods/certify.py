@@ -1,0 +1,132 @@
+"""The certify step: run a certifier over a run's test subset and write the per-example TSV.
+
+The TSV is a superset of Cohen's certify.py output: ``idx label predict radius correct time`` (tab-separated, idx =
+dataset index, predict = -1 on abstain, radius 0 when wrong or abstaining, time in seconds, radius at full
+precision). A sidecar ``<name>.json`` records the certifier's settings, the subset and provenance.
+
+Noise is seeded per example from (run seed, dataset index), so a certificate does not depend on which shard or
+which resumed process computed it. Rows are appended to ``<name>.tsv.partial`` as they finish (not a declared
+Snakemake output, so a kill keeps them) and the finished file is renamed into place.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from . import data
+from .checkpoint import load_checkpoint
+from .io import atomic_write_text, provenance, select_device, synchronize, write_json
+from .smoothing import Smooth, max_radius
+
+TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+CERTIFIERS = {"cohen": "l2-smoothing"}  # certifier -> the threat model it applies to
+
+
+def subset_indices(dataset_size: int, start: int, skip: int, count: int | None) -> list[int]:
+    """Dataset indices start, start + skip, ... (at most `count` of them): the papers' test subsets.
+
+    Cohen's CIFAR-10 files: start 0, skip 20, count 500; MACER: start 500, skip 1, count 500.
+    """
+    if start >= dataset_size:
+        raise ValueError(f"certify.start = {start} is past the end of the test set ({dataset_size} images)")
+    indices = list(range(start, dataset_size, skip))
+    return indices if count is None else indices[:count]
+
+
+def shard_of(indices: list[int], shard: int, shards: int) -> list[int]:
+    """Shard `shard` of `shards` (0-based): every shards-th index, so shards stay balanced in cost."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard must be in [0, {shards}), got {shard}")
+    return indices[shard::shards]
+
+
+def example_generator(seed: int, idx: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 2**32 + idx)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        lines = fh.read().splitlines()
+    complete = [line for line in lines if line.count("\t") == len(TSV_COLUMNS) - 1]  # a torn last line is dropped
+    return list(csv.DictReader(complete, delimiter="\t")) if complete else []
+
+
+def _format_row(row: dict) -> str:
+    return "\t".join(str(row[c]) for c in TSV_COLUMNS) + "\n"
+
+
+def read_tsv(path: str | Path) -> pd.DataFrame:
+    """A per-example TSV as a DataFrame, with the format checked."""
+    frame = pd.read_csv(path, sep="\t")
+    if tuple(frame.columns[: len(TSV_COLUMNS)]) != TSV_COLUMNS:
+        raise ValueError(f"{path}: expected columns {TSV_COLUMNS}, found {tuple(frame.columns)}")
+    return frame
+
+
+def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: str = "cohen",
+                device: str = "auto", shard: int = 0, shards: int = 1, progress: bool = True) -> Path:
+    """Certify the run's test subset (or one shard of it) with `certifier`; write `out` (TSV) and its sidecar JSON."""
+    if certifier not in CERTIFIERS:
+        raise ValueError(f"unknown certifier {certifier!r} (known: {', '.join(CERTIFIERS)})")
+    out = Path(out)
+    dev = select_device(device if device != "auto" else spec.get("device", "auto"))
+    model, info = load_checkpoint(checkpoint, dev)
+    if info["threat_model"] != CERTIFIERS[certifier]:
+        raise ValueError(f"certifier {certifier} needs a {CERTIFIERS[certifier]} model; {checkpoint} is "
+                         f"{info['threat_model']}")
+    cfg = spec["certify"]
+    sigma = cfg["sigma"]
+    test_set = data.load(info["dataset"], "test", spec["data_root"], spec["download"])
+    indices = shard_of(subset_indices(len(test_set), cfg["start"], cfg["skip"], cfg["count"]), shard, shards)
+    smooth = Smooth(model, info["num_classes"], sigma)
+
+    partial = out.with_name(out.name + ".partial")
+    done = {int(r["idx"]): r for r in _read_rows(partial)} if partial.exists() else {}
+    rows_kept = [done[i] for i in indices if i in done]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "w") as fh:  # rewrite what is kept (drops a torn line), then append as rows finish
+        fh.write("\t".join(TSV_COLUMNS) + "\n" + "".join(_format_row(r) for r in rows_kept))
+    todo = [i for i in indices if i not in done]
+    if rows_kept:
+        print(f"resuming certification: {len(rows_kept)} of {len(indices)} examples already done", flush=True)
+
+    with open(partial, "a") as fh:
+        for idx in tqdm(todo, desc=f"certify {spec['run']} seed{spec['seed']}", disable=not progress,
+                        file=sys.stderr):
+            x, label = test_set[idx]
+            x = x.to(dev)
+            synchronize(dev)
+            t0 = time.perf_counter()
+            prediction, radius = smooth.certify(x, cfg["n0"], cfg["n"], cfg["alpha"], cfg["batch_size"],
+                                                generator=example_generator(spec["seed"], idx, dev))
+            synchronize(dev)
+            correct = int(prediction == int(label))
+            fh.write(_format_row({"idx": idx, "label": int(label), "predict": prediction,
+                                  "radius": repr(radius if correct else 0.0), "correct": correct,
+                                  "time": repr(time.perf_counter() - t0)}))
+            fh.flush()
+
+    rows = sorted(_read_rows(partial), key=lambda r: int(r["idx"]))
+    atomic_write_text(out, "\t".join(TSV_COLUMNS) + "\n" + "".join(_format_row(r) for r in rows))
+    write_json(out.with_suffix(".json"), {
+        "certifier": certifier, "sigma": sigma, "n0": cfg["n0"], "n": cfg["n"], "alpha": cfg["alpha"],
+        "batch_size": cfg["batch_size"], "max_radius": max_radius(sigma, cfg["n"], cfg["alpha"]),
+        "subset": {"start": cfg["start"], "skip": cfg["skip"], "count": cfg["count"], "examples": len(indices)},
+        "shard": shard, "shards": shards, "dtype": "float32", "model": str(checkpoint), "model_info": info,
+        "provenance": provenance(dev)})
+    partial.unlink()
+    return out
+
+
+def merge_shards(shard_files: list[str | Path], out: str | Path) -> Path:
+    """Concatenate shard TSVs in dataset-index order (a sharded certification equals the unsharded one)."""
+    rows = [r for f in shard_files for r in _read_rows(Path(f))]
+    rows.sort(key=lambda r: int(r["idx"]))
+    atomic_write_text(out, "\t".join(TSV_COLUMNS) + "\n" + "".join(_format_row(r) for r in rows))
+    return Path(out)

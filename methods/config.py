@@ -1,0 +1,160 @@
+"""Load, validate and resolve experiment configs.
+
+One validator serves the Snakefile and the CLI, so a config that the DAG accepts is exactly a config that
+`python -m methods train --configfile ...` accepts. Errors name the offending field (``runs.cohen-0.25.hparams.sigma``)
+and are raised before anything runs.
+
+A *run spec* is everything one (run, seed) needs, fully resolved: the run's overrides merged over the top-level
+settings, defaults filled in, the method's hyper-parameters checked against its dataclass. Rules pass it to the CLI
+as JSON, so a step never re-reads the config and Snakemake reruns a step when its spec changes.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
+
+#: Sections a run may override; everything else is experiment-wide.
+RUN_OVERRIDES = ("dataset", "model", "train", "certify", "seeds")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run. The message names the field and says what is wrong."""
+
+
+def _schema() -> dict:
+    if not SCHEMA_PATH.exists():
+        raise ConfigError(f"config schema not found at {SCHEMA_PATH} (install the package editable: pip install -e .)")
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _field(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _check_schema(config: dict, schema: dict) -> None:
+    import jsonschema
+
+    validator_cls = jsonschema.validators.validator_for(schema)
+    best = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(config))
+    if best is not None:
+        raise ConfigError(f"config error at {_field(best.absolute_path)}: {best.message}")
+
+
+def _fill_defaults(instance: Any, schema: dict, root: dict) -> Any:
+    """Fill `default` values of the schema into `instance`, recursively (follows local $refs)."""
+    if "$ref" in schema:
+        ref = schema["$ref"]
+        assert ref.startswith("#/"), ref
+        target = root
+        for part in ref[2:].split("/"):
+            target = target[part]
+        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    if isinstance(instance, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                instance[key] = _fill_defaults(instance[key], sub, root)
+    return instance
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """`override` merged into a copy of `base`; nested dicts merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def validate(config: dict) -> dict:
+    """Validate a raw config against the schema and the cross-field rules; return it with defaults filled.
+
+    Run-level overrides are kept as written (not default-filled), so that they override only what they name.
+    """
+    if not isinstance(config, dict):
+        raise ConfigError("config error at <top level>: expected a mapping")
+    schema = _schema()
+    _check_schema(config, schema)
+    runs = config.get("runs", {})
+    experiment = _fill_defaults({k: copy.deepcopy(v) for k, v in config.items() if k != "runs"}, schema, schema)
+    experiment["runs"] = copy.deepcopy(runs)
+    for name in runs:
+        resolve_run(experiment, name, seed=None)  # raises on the first bad run
+    return experiment
+
+
+def load(path: str | Path | None = None) -> dict:
+    """Read and validate a YAML config file (the default smoke config when `path` is None)."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as fh:
+        raw = yaml.safe_load(fh) or {}
+    return validate(raw)
+
+
+def resolve_run(config: dict, name: str, seed: int | None) -> dict:
+    """The fully resolved spec of run `name` at `seed` (a validated config is expected)."""
+    from .registry import HparamError, get_method
+
+    if name not in config["runs"]:
+        raise ConfigError(f"config error at runs: no run named {name!r} (known: {', '.join(config['runs'])})")
+    run = config["runs"][name]
+    schema = _schema()
+    experiment = {k: v for k, v in config.items() if k != "runs"}
+    spec = deep_merge(experiment, {k: run[k] for k in RUN_OVERRIDES if k in run})
+    spec = _fill_defaults(spec, {k: v for k, v in schema.items() if k != "required"}, schema)
+    where = f"runs.{name}"
+
+    method = get_method(run["method"])
+    try:
+        hparams = method.Hparams(**run.get("hparams", {}))
+    except TypeError as exc:
+        known = ", ".join(f.name for f in dataclasses.fields(method.Hparams))
+        raise ConfigError(f"config error at {where}.hparams: {exc} (fields of {run['method']}: {known})") from None
+    except HparamError as exc:  # its message starts with the field's name
+        raise ConfigError(f"config error at {where}.hparams.{exc}") from None
+
+    cert = spec["certify"]
+    if cert["n0"] > cert["n"]:
+        raise ConfigError(f"config error at {where}.certify.n0: n0 = {cert['n0']} exceeds n = {cert['n']}")
+    if cert["sigma"] is None:
+        cert["sigma"] = getattr(hparams, "sigma", None)
+    train = spec["train"]
+    if train["schedule"] == "multistep" and not train["milestones"]:
+        raise ConfigError(f"config error at {where}.train.milestones: the multistep schedule needs milestones")
+    if train["milestones"] != sorted(train["milestones"]):
+        raise ConfigError(f"config error at {where}.train.milestones: must be increasing, got {train['milestones']}")
+
+    spec.pop("resources", None)
+    spec.pop("report", None)
+    spec.update(run=name, method=run["method"], hparams=dataclasses.asdict(hparams), seed=seed,
+                threat_model=method.THREAT_MODEL)
+    return spec
+
+
+def spec_json(spec: dict) -> str:
+    """Canonical JSON of a spec: stable key order, so Snakemake sees a change only when something changed."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def runs_of(config: dict) -> list[tuple[str, str, int]]:
+    """Every (dataset, run, seed) the config asks for."""
+    out = []
+    for name, run in config["runs"].items():
+        dataset = run.get("dataset", config["dataset"])
+        for seed in run.get("seeds", config["seeds"]):
+            out.append((dataset, name, seed))
+    return out

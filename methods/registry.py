@@ -1,0 +1,55 @@
+"""The method interface, and where each method lives.
+
+A method is one module under `methods/` that defines:
+
+- ``Hparams``: a frozen dataclass of its hyper-parameters with the paper's defaults (checked in ``__post_init__``);
+- ``THREAT_MODEL``: "l2-smoothing", "linf-certified" or "linf-empirical" (it picks the evaluator);
+- ``draw(x, hp)``: the random draws one batch needs (e.g. Gaussian noise), from torch's global RNG;
+- ``objective(model, x, y, draws, hp) -> StepResult``: the training loss, a pure function of its arguments, so a
+  test can fix the draws and compare the loss with a hand computation;
+- optionally ``train_step(model, optimizer, x, y, hp) -> StepResult`` when one loader batch is more than one
+  draw + one optimizer step (SmoothAdv's m mini-batches). The shared loop in `methods.train` owns everything else.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import NamedTuple
+
+import torch
+
+#: method name (as written in configs) -> module
+METHODS = {
+    "cohen": "methods.cohen",
+}
+
+THREAT_MODELS = ("l2-smoothing", "linf-certified", "linf-empirical")
+
+
+class StepResult(NamedTuple):
+    loss: torch.Tensor  # scalar, mean over the batch, differentiable
+    correct: torch.Tensor  # number of training examples the step counts as classified correctly
+    count: int  # number of examples the loss and `correct` are over
+
+
+class HparamError(ValueError):
+    """A hyper-parameter out of its range; `field` names it so config errors can point at it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def require_positive(hp, *fields: str) -> None:
+    for name in fields:
+        value = getattr(hp, name)
+        if not value > 0:
+            raise HparamError(name, f"must be > 0, got {value!r}")
+
+
+def get_method(name: str) -> ModuleType:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r} (known: {', '.join(METHODS)})")
+    module = importlib.import_module(METHODS[name])
+    assert module.THREAT_MODEL in THREAT_MODELS, module.__name__
+    return module

@@ -1,0 +1,193 @@
+"""summary.csv, the certified-accuracy-vs-radius figure and the tables, from the per-example TSVs alone.
+
+Metrics (../shared/METHODS.md §0): approximate certified accuracy at r = mean(correct ∧ radius ≥ r) over the
+certified subset; ACR = mean(radius · correct), abstentions and wrong predictions counting 0. Several seeds of a run
+are averaged in the tables and figure; summary.csv keeps one row per run × certifier × seed.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .certify import read_tsv
+
+TSV_PATH = re.compile(r"(?P<dataset>[^/]+)/(?P<run>[^/]+)/seed(?P<seed>\d+)/certify/(?P<certifier>[^/]+)\.tsv$")
+
+
+def radius_column(r: float) -> str:
+    return f"certified_acc@{r:.2f}"
+
+
+def certified_accuracy(frame: pd.DataFrame, radius: float) -> float:
+    return float(((frame["correct"] == 1) & (frame["radius"] >= radius)).mean())
+
+
+def average_certified_radius(frame: pd.DataFrame) -> float:
+    return float((frame["radius"] * frame["correct"]).mean())
+
+
+def _train_log_stats(run_dir: Path) -> dict:
+    log = pd.read_csv(run_dir / "train_log.tsv", sep="\t")
+    sec = float(log["train_seconds"].mean())
+    return {"train_sec_per_epoch": sec, "epochs": int(len(log)), "train_hours": float(log["train_seconds"].sum()) / 3600}
+
+
+def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path) -> pd.DataFrame:
+    """One row per per-example TSV (run × certifier × seed); paths must be <dataset>/<run>/seed<s>/certify/<c>.tsv."""
+    rows = []
+    for tsv in map(Path, tsv_files):
+        match = TSV_PATH.search(tsv.as_posix())
+        if not match:
+            raise ValueError(f"{tsv}: not a results/<dataset>/<run>/seed<s>/certify/<certifier>.tsv path")
+        frame = read_tsv(tsv)
+        meta = json.loads(tsv.with_suffix(".json").read_text())
+        info = meta["model_info"]
+        run_dir = tsv.parent.parent
+        row = {"dataset": match["dataset"], "run": match["run"], "method": info["method"],
+               "seed": int(match["seed"]), "certifier": match["certifier"], "norm": "l2", "sigma": meta["sigma"],
+               "clean_acc": float(frame["correct"].mean()), "acr": average_certified_radius(frame)}
+        row.update({radius_column(r): certified_accuracy(frame, r) for r in radii})
+        row.update(_train_log_stats(run_dir))
+        row.update({"certify_sec_per_example": float(frame["time"].mean()), "device": info["device"],
+                    "certify_device": meta["provenance"]["device_name"], "examples": len(frame),
+                    "subset": "start {start}, skip {skip}, count {count}".format(**meta["subset"]),
+                    "n0": meta["n0"], "n": meta["n"], "alpha": meta["alpha"], "max_radius": meta["max_radius"],
+                    "certify_file": tsv.as_posix()})
+        rows.append(row)
+    summary = pd.DataFrame(rows).sort_values(["dataset", "method", "sigma", "run", "certifier", "seed"])
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out, index=False)
+    return summary
+
+
+# ---------------------------------------------------------------- tables
+
+def _label(summary: pd.DataFrame) -> pd.Series:
+    """Run name, plus the certifier when a dataset has several."""
+    several = summary.groupby("run")["certifier"].transform("nunique") > 1
+    return summary["run"].where(~several, summary["run"] + " (" + summary["certifier"] + ")")
+
+
+def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Certified accuracy at each configured radius + ACR, mean over seeds (as MACER's Tables 1–2)."""
+    radius_cols = [c for c in summary.columns if c.startswith("certified_acc@")]
+    table = (summary.assign(model=_label(summary))
+             .groupby(["model", "method", "sigma"], sort=False)[radius_cols + ["acr", "seed"]]
+             .agg({**{c: "mean" for c in radius_cols + ["acr"]}, "seed": "nunique"})
+             .rename(columns={c: c.split("@")[1] for c in radius_cols} | {"acr": "ACR", "seed": "seeds"})
+             .reset_index())
+    return table
+
+
+def timing_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """sec/epoch, epochs, total hours and ACR per run (as MACER's Table 3), with the device it was measured on."""
+    return (summary.assign(model=_label(summary))
+            .groupby(["model", "method"], sort=False)
+            .agg(sec_per_epoch=("train_sec_per_epoch", "mean"), epochs=("epochs", "first"),
+                 total_hours=("train_hours", "mean"), ACR=("acr", "mean"),
+                 certify_sec_per_example=("certify_sec_per_example", "mean"), device=("device", "first"))
+            .reset_index())
+
+
+def _markdown(table: pd.DataFrame, floatfmt: str) -> str:
+    header = "| " + " | ".join(map(str, table.columns)) + " |\n|" + "---|" * len(table.columns) + "\n"
+    cells = table.apply(lambda col: col.map(lambda v: format(v, floatfmt) if isinstance(v, float) else str(v)))
+    return header + "".join("| " + " | ".join(row) + " |\n" for row in cells.itertuples(index=False))
+
+
+def _latex(table: pd.DataFrame, bold_best: list[str], caption: str) -> str:
+    """booktabs table, 2-decimal values (3 for ACR), the best value per column in bold (Cohen's analyze.py style)."""
+    def fmt(col, v):
+        if not isinstance(v, float):
+            return str(v).replace("_", r"\_")
+        text = f"{v:.3f}" if col == "ACR" else f"{v:.2f}"
+        return rf"\textbf{{{text}}}" if col in bold_best and v == table[col].max() and v > 0 else text
+
+    cols = list(table.columns)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}",
+             r"\begin{tabular}{" + "l" * 2 + "r" * (len(cols) - 2) + "}", r"\toprule",
+             " & ".join(str(c).replace("_", r"\_") for c in cols) + r" \\", r"\midrule"]
+    lines += [" & ".join(fmt(c, v) for c, v in zip(cols, row)) + r" \\" for row in table.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def _protocol(summary: pd.DataFrame) -> str:
+    first = summary.iloc[0]
+    return (f"{first['dataset']}: {first['examples']} test images ({first['subset']}), n0 = {first['n0']}, "
+            f"n = {first['n']}, alpha = {first['alpha']}")
+
+
+def write_tables(summary: pd.DataFrame, tables_dir: str | Path) -> list[Path]:
+    tables_dir = Path(tables_dir)
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    protocol = _protocol(summary)
+    acc, timing = accuracy_table(summary), timing_table(summary)
+    radius_cols = [c for c in acc.columns if re.fullmatch(r"\d+\.\d+", str(c))]
+    for name, table, bold, caption, floatfmt in (
+            ("certified_accuracy", acc, radius_cols + ["ACR"],
+             f"Approximate certified accuracy at each l2 radius and ACR. {protocol}.", ".3f"),
+            ("timing", timing, [], f"Training cost per run. {protocol}.", ".4g")):
+        paths = [tables_dir / f"{name}.{ext}" for ext in ("csv", "md", "tex")]
+        table.to_csv(paths[0], index=False)
+        paths[1].write_text(f"{caption}\n\n" + _markdown(table, floatfmt))
+        paths[2].write_text(_latex(table, bold, caption.replace("_", r"\_")))
+        written += paths
+    return written
+
+
+# ---------------------------------------------------------------- figure
+
+def curves(summary: pd.DataFrame, radius_max: float, step: float = 0.01) -> pd.DataFrame:
+    """Certified accuracy on a radius grid (step 0.01, as Cohen's analyze.py), per model, mean over seeds."""
+    grid = np.round(np.arange(0.0, radius_max + step / 2, step), 10)
+    parts = []
+    for (label, row) in zip(_label(summary), summary.itertuples(index=False)):
+        frame = read_tsv(row.certify_file)
+        ok = frame["radius"].to_numpy()[frame["correct"].to_numpy() == 1]
+        acc = (ok[None, :] >= grid[:, None]).sum(axis=1) / len(frame)
+        parts.append(pd.DataFrame({"model": label, "method": row.method, "sigma": row.sigma, "seed": row.seed,
+                                   "radius": grid, "certified_accuracy": acc}))
+    data = pd.concat(parts)
+    return data.groupby(["model", "method", "sigma", "radius"], sort=False, as_index=False)["certified_accuracy"].mean()
+
+
+def plot_certified_accuracy(summary: pd.DataFrame, out_stem: str | Path, radius_max: float, title: str = "") -> list[Path]:
+    """Certified accuracy vs ℓ2 radius, one line per run, in the papers' style; PNG and PDF."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    data = curves(summary, radius_max)
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.3)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    models_ = list(dict.fromkeys(data["model"]))
+    palette = dict(zip(models_, sns.color_palette("colorblind", len(models_))))
+    for model in models_:
+        part = data[data["model"] == model]
+        ax.plot(part["radius"], part["certified_accuracy"], label=model, color=palette[model], linewidth=2)
+    ax.set(xlim=(0, radius_max), ylim=(0, 1), xlabel=r"radius ($\ell_2$)", ylabel="certified accuracy")
+    ax.set_title(title or f"{summary['dataset'].iloc[0]}: certified accuracy vs radius")
+    ax.legend(frameon=True, fontsize="small")
+    fig.tight_layout()
+    out_stem = Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=200)
+    fig.savefig(paths[1])
+    plt.close(fig)
+    return paths
+
+
+def report(summary_csv: str | Path, figures_dir: str | Path, tables_dir: str | Path, radius_max: float,
+           title: str = "") -> list[Path]:
+    summary = pd.read_csv(summary_csv)
+    paths = plot_certified_accuracy(summary, Path(figures_dir) / "certified_accuracy", radius_max, title)
+    return paths + write_tables(summary, tables_dir)

@@ -1,0 +1,190 @@
+"""The training loop every method shares: the method supplies the loss, the loop owns everything else.
+
+Optimizer and schedule, seeding, progress bar, per-epoch log, atomic per-epoch checkpoint and resume live here once.
+Resume is exact: all randomness of epoch e (shuffling, augmentation, noise) is re-seeded from (seed, e), and the
+checkpoint carries model, optimizer and scheduler state, so a run killed after epoch e and restarted ends with the
+same weights as an uninterrupted run (bit-identical on CPU).
+
+Layout of a run directory:
+    model.pt          final model (declared Snakemake output)
+    train_log.tsv     one row per finished epoch (declared output; rewritten from the checkpoint on resume)
+    run.json          resolved spec + provenance (git commit, versions, device)
+    state/checkpoint.pt   resume state; not a declared output, so Snakemake never deletes it after a kill
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import data, models
+from .checkpoint import save_model
+from .config import spec_json
+from .io import atomic_save, atomic_write_text, provenance, select_device, synchronize, write_json
+from .registry import StepResult, get_method
+
+LOG_COLUMNS = ("epoch", "train_seconds", "loss", "accuracy", "lr", "eval_seconds", "test_loss", "test_accuracy")
+STATE_FILE = Path("state") / "checkpoint.pt"
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """All randomness of one epoch derives from this, so resuming at epoch e replays e's draws exactly."""
+    return seed * 1_000_003 + epoch
+
+
+def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    return torch.optim.Adam(params, lr=cfg["lr"], betas=tuple(cfg["adam_betas"]), eps=cfg["adam_eps"],
+                            weight_decay=cfg["weight_decay"])
+
+
+def build_scheduler(optimizer, cfg: dict):
+    """Stepped once per epoch, after it (so epoch e trains at the lr the schedule gives e)."""
+    sched = torch.optim.lr_scheduler
+    kind = cfg["schedule"]
+    if kind == "step":
+        return sched.StepLR(optimizer, step_size=cfg["step_size"], gamma=cfg["gamma"])
+    if kind == "multistep":
+        return sched.MultiStepLR(optimizer, milestones=cfg["milestones"], gamma=cfg["gamma"])
+    if kind == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
+    return sched.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def default_train_step(method, model, optimizer, x, y, hp) -> StepResult:
+    """One draw, one loss, one optimizer step: what every method does unless it defines its own train_step."""
+    result = method.objective(model, x, y, method.draw(x, hp), hp)
+    optimizer.zero_grad(set_to_none=True)
+    result.loss.backward()
+    optimizer.step()
+    return result
+
+
+def training_fingerprint(spec: dict) -> str:
+    """The part of a spec that determines the trained weights; a resume state from another spec is stale."""
+    return spec_json({k: v for k, v in spec.items() if k not in ("certify", "device", "data_root", "download")})
+
+
+def _log_tsv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, delimiter="\t", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+@torch.no_grad()
+def evaluate(method, model, loader, hp, device) -> tuple[float, float]:
+    """The method's objective on the test set in eval mode (for Cohen: noisy test loss and accuracy)."""
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        r = method.objective(model, x, y, method.draw(x, hp), hp)
+        loss_sum += float(r.loss) * r.count
+        correct += int(r.correct)
+        count += r.count
+    return loss_sum / count, correct / count
+
+
+def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool = True,
+          on_epoch_end: Callable[[int], None] | None = None) -> Path:
+    """Train the run described by `spec` into `out_dir`, resuming from out_dir/state if present. Returns model.pt."""
+    out_dir = Path(out_dir)
+    dev = select_device(device if device != "auto" else spec.get("device", "auto"))
+    method = get_method(spec["method"])
+    hp = method.Hparams(**spec["hparams"])
+    cfg, seed = spec["train"], spec["seed"]
+    epochs = cfg["epochs"]
+
+    torch.manual_seed(seed)
+    model = models.build(spec["model"]["arch"], spec["dataset"], spec["model"]["normalization"]).to(dev)
+    optimizer = build_optimizer(model.parameters(), cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    step = getattr(method, "train_step", None) or (lambda *a: default_train_step(method, *a))
+
+    state_path = out_dir / STATE_FILE
+    rows: list[dict] = []
+    fingerprint = training_fingerprint(spec)
+    if state_path.exists():
+        state = torch.load(state_path, map_location=dev, weights_only=True)
+        if state["fingerprint"] == fingerprint:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            rows = list(state["log"])
+            print(f"resuming {spec['run']} seed {seed} after epoch {len(rows)}/{epochs}", flush=True)
+        else:
+            stale = state_path.with_suffix(".stale.pt")
+            state_path.replace(stale)
+            print(f"the resume state in {state_path} is from another spec; moved it to {stale} and starting over",
+                  flush=True)
+
+    train_set = data.load(spec["dataset"], "train", spec["data_root"], spec["download"], augment=cfg["augment"])
+    test_loader = None
+    if cfg["eval_each_epoch"]:
+        test_loader = DataLoader(data.load(spec["dataset"], "test", spec["data_root"], spec["download"]),
+                                 batch_size=cfg["batch_size"], num_workers=cfg["num_workers"])
+    write_json(out_dir / "run.json", {"spec": spec, "provenance": provenance(dev)})
+
+    for epoch in range(len(rows), epochs):
+        torch.manual_seed(epoch_seed(seed, epoch))
+        loader = DataLoader(train_set, batch_size=cfg["batch_size"], shuffle=True, num_workers=cfg["num_workers"],
+                            generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),
+                            pin_memory=dev.type == "cuda")
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.long)
+        count = 0
+        synchronize(dev)
+        t0 = time.perf_counter()
+        bar = tqdm(loader, desc=f"{spec['run']} seed{seed} epoch {epoch + 1}/{epochs}", leave=False,
+                   disable=not progress, file=sys.stderr)
+        for x, y in bar:
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            result = step(model, optimizer, x, y, hp)
+            loss_sum += result.loss.detach() * result.count
+            correct += result.correct
+            count += result.count
+        synchronize(dev)
+        train_seconds = time.perf_counter() - t0
+        scheduler.step()
+        loss, accuracy = float(loss_sum) / count, int(correct) / count
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{spec['run']} seed {seed}: training loss is {loss} in epoch {epoch + 1}")
+        row = {"epoch": epoch + 1, "train_seconds": train_seconds, "loss": loss, "accuracy": accuracy, "lr": lr,
+               "eval_seconds": "", "test_loss": "", "test_accuracy": ""}
+        if test_loader is not None:
+            t1 = time.perf_counter()
+            row["test_loss"], row["test_accuracy"] = evaluate(method, model, test_loader, hp, dev)
+            synchronize(dev)
+            row["eval_seconds"] = time.perf_counter() - t1
+        rows.append(row)
+        atomic_save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "log": rows}, state_path)
+        atomic_write_text(out_dir / "train_log.tsv", _log_tsv(rows))
+        print(f"{spec['run']} seed {seed} epoch {epoch + 1}/{epochs}: loss {loss:.4f} acc {accuracy:.4f} "
+              f"lr {lr:.4g} {train_seconds:.2f}s" + (f" test acc {row['test_accuracy']:.4f}" if test_loader else ""),
+              flush=True)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+
+    atomic_write_text(out_dir / "train_log.tsv", _log_tsv(rows))
+    info = {"method": spec["method"], "dataset": spec["dataset"], "num_classes": data.info(spec["dataset"]).num_classes,
+            "hparams": spec["hparams"], "epochs_done": len(rows),
+            "arch": models.resolved_arch(spec["model"]["arch"], spec["dataset"]),
+            "normalization": spec["model"]["normalization"], "threat_model": spec["threat_model"],
+            "run": spec["run"], "seed": seed, "device": str(dev),
+            "train_seconds": sum(float(r["train_seconds"]) for r in rows)}
+    save_model(model, info, out_dir / "model.pt")
+    return out_dir / "model.pt"
