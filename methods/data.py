@@ -96,9 +96,11 @@ def _mnist(root: Path, split: str, download: bool) -> Dataset:
     from torchvision import datasets, transforms
 
     raw = root / "MNIST" / "raw"
-    needed = "train-images-idx3-ubyte" if split == "train" else "t10k-images-idx3-ubyte"
-    if not download and not (raw / needed).exists():
-        raise _missing("mnist", raw, f"{needed}")
+    # torchvision opens all four raw IDX files whichever split is asked for.
+    missing = [f"{prefix}-{kind}" for prefix in ("train", "t10k")
+               for kind in ("images-idx3-ubyte", "labels-idx1-ubyte") if not (raw / f"{prefix}-{kind}").exists()]
+    if missing and not download:
+        raise _missing("mnist", raw, ", ".join(missing))
     return datasets.MNIST(str(root), train=split == "train", download=download, transform=transforms.ToTensor())
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +175,8 @@ def plot_certified_accuracy(summary: pd.DataFrame, out_stem: str | Path, radius_
         part = data[data["model"] == model]
         ax.plot(part["radius"], part["certified_accuracy"], label=model, color=palette[model], linewidth=2)
     ax.set(xlim=(0, radius_max), ylim=(0, 1), xlabel=r"radius ($\ell_2$)", ylabel="certified accuracy")
-    ax.set_title(title or f"{summary['dataset'].iloc[0]}: certified accuracy vs radius")
+    ax.set_title(textwrap.fill(title or f"{summary['dataset'].iloc[0]}: certified accuracy vs radius", 60),
+                 fontsize="medium")
     ax.legend(frameon=True, fontsize="small")
     fig.tight_layout()
     out_stem = Path(out_stem)

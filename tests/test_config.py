@@ -1,0 +1,116 @@
+"""Schema and cross-field validation: bad configs fail before anything runs, naming the field."""
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from methods import cohen
+from methods import config as mc
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = {"runs": {"cohen-0.25": {"method": "cohen", "hparams": {"sigma": 0.25}}}}
+
+
+def with_(**changes) -> dict:
+    cfg = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = cfg
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return cfg
+
+
+@pytest.mark.parametrize("cfg,field,words", [
+    (with_(runs={"x": {"method": "no-such-method"}}), "runs.x.method", "is not one of"),
+    (with_(runs={"x": {"method": "cohen", "hparams": {"sigma": -0.25}}}), "runs.x.hparams.sigma", "> 0"),
+    (with_(runs={"x": {"method": "cohen", "hparams": {"sigma": 0}}}), "runs.x.hparams.sigma", "> 0"),
+    (with_(runs={"x": {"method": "cohen", "hparams": {"sgima": 0.5}}}), "runs.x.hparams", "sgima"),
+    (with_(certify__n0=1000, certify__n=100), "runs.cohen-0.25.certify.n0", "exceeds n"),
+    (with_(runs={"x": {"method": "cohen", "certify": {"n0": 50, "n": 10}}}), "runs.x.certify.n0", "exceeds n"),
+    (with_(certify__alpha=1.5), "certify.alpha", "1.5"),
+    (with_(train__epochs=0), "train.epochs", "0"),
+    (with_(train__optimiser="adam"), "train", "optimiser"),
+    (with_(dataset="cifar100"), "dataset", "cifar100"),
+    (with_(train__schedule="multistep"), "runs.cohen-0.25.train.milestones", "needs milestones"),
+    ({"runs": {}}, "runs", "non-empty"),
+    ({}, "<top level>", "'runs' is a required property"),
+])
+def test_bad_configs_name_the_field(cfg, field, words):
+    with pytest.raises(mc.ConfigError) as err:
+        mc.validate(cfg)
+    message = str(err.value)
+    assert f"config error at {field}:" in message
+    assert words in message
+
+
+def test_defaults_are_filled_and_run_overrides_only_override_what_they_name():
+    cfg = mc.validate(with_(train__epochs=7, runs={"a": {"method": "cohen", "train": {"lr": 0.5}}}))
+    spec = mc.resolve_run(cfg, "a", seed=3)
+    assert spec["train"]["lr"] == 0.5            # the run's override
+    assert spec["train"]["epochs"] == 7          # the experiment-wide setting, not the schema default (90)
+    assert spec["train"]["momentum"] == 0.9      # the schema default
+    assert spec["certify"]["sigma"] == 0.25      # certify at the training sigma (Cohen's default hparams)
+    assert spec["seed"] == 3 and spec["method"] == "cohen" and spec["threat_model"] == "l2-smoothing"
+    assert cfg["runs"]["a"] == {"method": "cohen", "train": {"lr": 0.5}}  # run entries are not default-filled
+
+
+def test_runs_of_expands_dataset_run_seed():
+    cfg = mc.validate({"seeds": [0, 1], "runs": {"a": {"method": "cohen"},
+                                                 "b": {"method": "cohen", "seeds": [5], "dataset": "mnist"}}})
+    assert mc.runs_of(cfg) == [("digits", "a", 0), ("digits", "a", 1), ("mnist", "b", 5)]
+
+
+def test_spec_json_is_canonical():
+    a = mc.spec_json({"b": 1, "a": {"d": 2, "c": 3}})
+    assert a == mc.spec_json({"a": {"c": 3, "d": 2}, "b": 1}) == '{"a":{"c":3,"d":2},"b":1}'
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
+def test_shipped_configs_validate(name):
+    cfg = mc.load(REPO / "config" / name)
+    for dataset, run, seed in mc.runs_of(cfg):
+        mc.resolve_run(cfg, run, seed)
+
+
+@pytest.mark.parametrize("dataset", sorted(cohen.PAPER))
+def test_paper_configs_carry_cohens_settings(dataset):
+    """config/<dataset>.yaml's Cohen runs are exactly METHODS.md §1 (as transcribed in cohen.PAPER)."""
+    paper = cohen.PAPER[dataset]
+    cfg = mc.load(REPO / "config" / f"{dataset}.yaml")
+    runs = [r for r in cfg["runs"] if cfg["runs"][r]["method"] == "cohen"]
+    sigmas = sorted(mc.resolve_run(cfg, r, 0)["hparams"]["sigma"] for r in runs)
+    assert sigmas == sorted(paper["sigmas"])
+    for run in runs:
+        spec = mc.resolve_run(cfg, run, 0)
+        assert spec["dataset"] == dataset
+        assert spec["model"]["arch"] == paper["arch"]
+        for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size", "gamma"):
+            assert spec["train"][key] == paper[key], key
+        assert (spec["certify"]["n0"], spec["certify"]["n"], spec["certify"]["alpha"]) == (100, 100_000, 0.001)
+
+
+def test_snakemake_refuses_a_bad_config_before_running_anything(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"runs": {"x": {"method": "cohen", "hparams": {"sigma": -1}}}}))
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile",
+                          str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(bad)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "config error at runs.x.hparams.sigma: must be > 0" in out.stdout + out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"runs": {"x": {"method": "cohen", "certify": {"n0": 10, "n": 5}}}}))
+    out = subprocess.run([sys.executable, "-m", "methods", "train", "--configfile", str(bad), "--run", "x"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: config error at runs.x.certify.n0: n0 = 10 exceeds n = 5"

@@ -1,0 +1,147 @@
+"""The shared training loop: Cohen's objective, logging, atomic checkpoints, exact resume after a kill."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from methods import cohen, load_checkpoint
+from methods import config as mc
+from methods.train import LOG_COLUMNS, STATE_FILE, train
+
+from conftest import tiny_config
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _assert_identical(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_cohen_objective_is_cross_entropy_on_noisy_inputs():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.rand(5, 1, 2, 2), torch.tensor([0, 1, 2, 1, 0])
+    noise = torch.randn_like(x) * 0.25
+    result = cohen.objective(model, x, y, noise, cohen.Hparams(0.25))
+    logits = model(x + noise)
+    by_hand = -(logits.log_softmax(1)[torch.arange(5), y]).mean()
+    assert result.loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert int(result.correct) == int((logits.argmax(1) == y).sum()) and result.count == 5
+
+
+def test_cohen_draw_is_gaussian_at_sigma():
+    torch.manual_seed(0)
+    noise = cohen.draw(torch.zeros(2000, 1, 8, 8), cohen.Hparams(0.5))
+    assert noise.shape == (2000, 1, 8, 8)
+    assert noise.mean().item() == pytest.approx(0.0, abs=0.01)
+    assert noise.std().item() == pytest.approx(0.5, rel=0.02)
+
+
+def test_training_writes_model_log_and_provenance(tmp_path, tiny_spec):
+    path = train(tiny_spec, tmp_path, device="cpu", progress=False)
+    model, info = load_checkpoint(path)
+    assert not model.training
+    assert info["method"] == "cohen" and info["dataset"] == "digits" and info["num_classes"] == 10
+    assert info["hparams"] == {"sigma": 0.25} and info["epochs_done"] == 3
+    log = pd.read_csv(tmp_path / "train_log.tsv", sep="\t")
+    assert tuple(log.columns) == LOG_COLUMNS
+    assert list(log["epoch"]) == [1, 2, 3]
+    assert list(log["lr"]) == pytest.approx([0.05, 0.05, 0.005])  # step schedule, step_size 2, gamma 0.1
+    assert (log["train_seconds"] > 0).all()
+    assert (tmp_path / "run.json").exists() and (tmp_path / STATE_FILE).exists()
+    assert model(torch.rand(4, 1, 8, 8)).shape == (4, 10)
+
+
+def test_resume_after_interruption_is_bit_identical(tmp_path, tiny_spec):
+    reference = train(tiny_spec, tmp_path / "uninterrupted", device="cpu", progress=False)
+
+    def stop_after_first_epoch(epoch):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny_spec, tmp_path / "resumed", device="cpu", progress=False, on_epoch_end=stop_after_first_epoch)
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    assert len(pd.read_csv(tmp_path / "resumed" / "train_log.tsv", sep="\t")) == 1
+    resumed = train(tiny_spec, tmp_path / "resumed", device="cpu", progress=False)
+    _assert_identical(_weights(reference), _weights(resumed))
+    a = pd.read_csv(tmp_path / "uninterrupted" / "train_log.tsv", sep="\t")
+    b = pd.read_csv(tmp_path / "resumed" / "train_log.tsv", sep="\t")
+    pd.testing.assert_series_equal(a["loss"], b["loss"])
+
+
+def test_killed_process_resumes_to_the_same_model(tmp_path):
+    """SIGKILL a real `python -m methods train` after its first checkpoint, rerun it, compare with a clean run."""
+    spec = mc.resolve_run(tiny_config(epochs=5, batch_size=8), "cohen-0.25", seed=1)
+    cmd = [sys.executable, "-m", "methods", "train", "--spec", mc.spec_json(spec), "--device", "cpu",
+           "--threads", "1", "--no-progress", "--out"]
+    subprocess.run(cmd + [str(tmp_path / "clean")], check=True, capture_output=True, timeout=300)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + [str(killed)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not (killed / STATE_FILE).exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.pt").exists(), "the run finished before it could be killed"
+
+    out = subprocess.run(cmd + [str(killed)], check=True, capture_output=True, text=True, timeout=300)
+    assert "resuming cohen-0.25 seed 1 after epoch" in out.stdout
+    _assert_identical(_weights(tmp_path / "clean" / "model.pt"), _weights(killed / "model.pt"))
+
+
+def test_a_changed_spec_does_not_resume_stale_state(tmp_path, tiny_spec, capsys):
+    def stop(epoch):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny_spec, tmp_path, device="cpu", progress=False, on_epoch_end=stop)
+    changed = {**tiny_spec, "hparams": {"sigma": 0.5}}
+    train(changed, tmp_path, device="cpu", progress=False)
+    assert "from another spec" in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "train_log.tsv", sep="\t")) == 3
+    assert load_checkpoint(tmp_path / "model.pt")[1]["hparams"] == {"sigma": 0.5}
+
+
+@pytest.mark.parametrize("schedule,extra,expected", [
+    ("multistep", {"milestones": [1, 2]}, [0.05, 0.005, 0.0005]),
+    ("cosine", {}, [0.05, 0.0375, 0.0125]),
+    ("constant", {}, [0.05, 0.05, 0.05]),
+])
+def test_schedules(tmp_path, schedule, extra, expected):
+    spec = mc.resolve_run(tiny_config(schedule=schedule, **extra), "cohen-0.25", seed=0)
+    train(spec, tmp_path, device="cpu", progress=False)
+    assert list(pd.read_csv(tmp_path / "train_log.tsv", sep="\t")["lr"]) == pytest.approx(expected)
+
+
+def test_adam_optimizer_trains(tmp_path):
+    spec = mc.resolve_run(tiny_config(optimizer="adam", lr=0.003, schedule="constant", epochs=4), "cohen-0.25", 0)
+    train(spec, tmp_path, device="cpu", progress=False)
+    log = pd.read_csv(tmp_path / "train_log.tsv", sep="\t")
+    assert log["loss"].iloc[-1] < log["loss"].iloc[0]
+
+
+def test_noisy_training_learns_digits(tmp_path):
+    """Not a target, a sanity floor: 3 epochs of Gaussian augmentation at σ = 0.25 beat chance (0.1) by far."""
+    spec = mc.resolve_run(tiny_config(epochs=6, batch_size=32, eval_each_epoch=True), "cohen-0.25", 0)
+    train(spec, tmp_path, device="cpu", progress=False)
+    log = pd.read_csv(tmp_path / "train_log.tsv", sep="\t")
+    assert log["test_accuracy"].iloc[-1] > 0.6
+    assert F.softmax(torch.zeros(10), 0)[0] == pytest.approx(0.1)  # chance level, for the reader
