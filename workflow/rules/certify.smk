@@ -19,5 +19,5 @@ rule certify:
     conda:
         "../envs/methods.yaml"
     shell:
-        '"{PY}" -m methods certify --spec {params.spec:q} --checkpoint {input.model} --certifier {wildcards.certifier}'
+        "python -m methods certify --spec {params.spec:q} --checkpoint {input.model} --certifier {wildcards.certifier}"
         " --out {output.tsv} --threads {threads} --no-progress > {log} 2>&1"

@@ -19,7 +19,7 @@ rule summarize:
     conda:
         "../envs/methods.yaml"
     shell:
-        '"{PY}" -m methods summarize --radii {params.radii} --out {output} {input.tsv} > {log} 2>&1'
+        "python -m methods summarize --radii {params.radii} --out {output} {input.tsv} > {log} 2>&1"
 
 
 rule report:
@@ -45,6 +45,6 @@ rule report:
     conda:
         "../envs/methods.yaml"
     shell:
-        '"{PY}" -m methods report --summary {input.summary} --figures-dir figures/{wildcards.dataset}'
+        "python -m methods report --summary {input.summary} --figures-dir figures/{wildcards.dataset}"
         " --tables-dir results/{wildcards.dataset}/tables --radius-max {params.radius_max} --title {params.title:q}"
         " > {log} 2>&1"

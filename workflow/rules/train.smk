@@ -4,7 +4,7 @@ rule train:
         model="results/{dataset}/{run}/seed{seed}/model.pt",
         log_tsv="results/{dataset}/{run}/seed{seed}/train_log.tsv",
     params:
-        spec=run_spec,
+        spec=train_spec,
         out=lambda wildcards, output: os.path.dirname(output.model),
     log:
         "logs/train/{dataset}/{run}/seed{seed}.log",
@@ -18,5 +18,5 @@ rule train:
     conda:
         "../envs/methods.yaml"
     shell:
-        '"{PY}" -m methods train --spec {params.spec:q} --out {params.out} --threads {threads} --no-progress'
+        "python -m methods train --spec {params.spec:q} --out {params.out} --threads {threads} --no-progress"
         " > {log} 2>&1"

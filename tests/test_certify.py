@@ -1,0 +1,98 @@
+"""The certify step: per-example TSV format, the papers' subsets, resume after a kill, shards that merge exactly."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from methods.certify import TSV_COLUMNS, certify_run, merge_shards, read_tsv, subset_indices
+from methods.smoothing import max_radius
+from methods.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import tiny_config
+    from methods import config as mc
+
+    spec = mc.resolve_run(tiny_config(), "cohen-0.25", seed=0)
+    path = train(spec, tmp_path_factory.mktemp("run"), device="cpu", progress=False)
+    return path, spec
+
+
+def _without_time(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns="time").reset_index(drop=True)
+
+
+def test_papers_subsets():
+    assert subset_indices(10_000, 0, 20, 500) == list(range(0, 10_000, 20))  # Cohen's CIFAR-10 files
+    assert subset_indices(10_000, 500, 1, 500) == list(range(500, 1000))    # MACER's test images 500–999
+    assert subset_indices(50_000, 0, 100, 500) == list(range(0, 50_000, 100))  # ImageNet, every 100th
+    assert subset_indices(10, 3, 4, None) == [3, 7]
+    with pytest.raises(ValueError, match="past the end"):
+        subset_indices(10, 10, 1, None)
+
+
+def test_tsv_format_and_sidecar(trained, tmp_path):
+    model, spec = trained
+    out = certify_run(model, spec, tmp_path / "cohen.tsv", device="cpu", progress=False)
+    header = out.read_text().splitlines()[0]
+    assert header.split("\t") == list(TSV_COLUMNS)
+    frame = read_tsv(out)
+    assert list(frame["idx"]) == list(range(0, 500, 25))[:8]
+    assert frame["predict"].dtype.kind == "i" and frame["label"].dtype.kind == "i"
+    assert set(frame["correct"]) <= {0, 1}
+    assert (frame.loc[frame["correct"] == 0, "radius"] == 0).all()          # radius 0 when wrong or abstaining
+    assert (frame.loc[frame["predict"] == -1, "correct"] == 0).all()
+    assert (frame["correct"] == (frame["predict"] == frame["label"])).all()
+    cliff = max_radius(0.25, 200, 0.001)
+    assert ((frame["radius"] >= 0) & (frame["radius"] <= cliff + 1e-12)).all()
+    assert (frame["time"] > 0).all()
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["sigma"] == 0.25 and meta["n"] == 200 and meta["n0"] == 20 and meta["alpha"] == 0.001
+    assert meta["subset"] == {"start": 0, "skip": 25, "count": 8, "examples": 8}
+    assert meta["max_radius"] == pytest.approx(cliff)
+    assert not out.with_name("cohen.tsv.partial").exists()
+
+
+def test_certificates_are_reproducible(trained, tmp_path):
+    model, spec = trained
+    a = certify_run(model, spec, tmp_path / "a.tsv", device="cpu", progress=False)
+    b = certify_run(model, spec, tmp_path / "b.tsv", device="cpu", progress=False)
+    pd.testing.assert_frame_equal(_without_time(read_tsv(a)), _without_time(read_tsv(b)))
+
+
+def test_resume_keeps_finished_rows_and_equals_an_uninterrupted_run(trained, tmp_path):
+    model, spec = trained
+    full = read_tsv(certify_run(model, spec, tmp_path / "full.tsv", device="cpu", progress=False))
+    lines = (tmp_path / "full.tsv").read_text().splitlines(keepends=True)
+    out = tmp_path / "resumed.tsv"
+    # A kill after three rows, in the middle of writing the fourth.
+    (tmp_path / "resumed.tsv.partial").write_text("".join(lines[:4]) + lines[4][:7])
+    resumed = read_tsv(certify_run(model, spec, out, device="cpu", progress=False))
+    pd.testing.assert_frame_equal(_without_time(full), _without_time(resumed))
+    assert list(resumed["time"][:3]) == list(full["time"][:3])  # the finished rows were kept, not recomputed
+
+
+def test_three_shards_merge_to_the_unsharded_result(trained, tmp_path):
+    model, spec = trained
+    whole = read_tsv(certify_run(model, spec, tmp_path / "whole.tsv", device="cpu", progress=False))
+    parts = [certify_run(model, spec, tmp_path / f"part{i}.tsv", device="cpu", shard=i, shards=3, progress=False)
+             for i in range(3)]
+    assert sorted(sum((list(read_tsv(p)["idx"]) for p in parts), [])) == list(whole["idx"])
+    merged = read_tsv(merge_shards(parts, tmp_path / "merged.tsv"))
+    pd.testing.assert_frame_equal(_without_time(whole), _without_time(merged))
+
+
+def test_read_tsv_rejects_other_formats(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("idx\tlabel\tpredict\tcorrect\n0\t1\t1\t1\n")
+    with pytest.raises(ValueError, match="expected columns"):
+        read_tsv(bad)
+
+
+def test_unknown_certifier_is_refused(trained, tmp_path):
+    model, spec = trained
+    with pytest.raises(ValueError, match="unknown certifier"):
+        certify_run(model, spec, tmp_path / "x.tsv", certifier="t-certify-typo", device="cpu")

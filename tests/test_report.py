@@ -1,0 +1,96 @@
+"""Metrics by hand, summary.csv columns, tables and figure files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from methods.report import average_certified_radius, certified_accuracy, curves, report, summarize
+
+ROWS = pd.DataFrame({  # correct, radius: two certified, one wrong (radius zeroed), one abstain, one correct at r=0.2
+    "idx": [0, 1, 2, 3, 4], "label": [1, 2, 3, 4, 5], "predict": [1, 2, 0, -1, 5],
+    "radius": [0.5, 1.0, 0.0, 0.0, 0.2], "correct": [1, 1, 0, 0, 1], "time": [0.1] * 5})
+
+
+def test_acr_and_certified_accuracy_by_hand():
+    assert average_certified_radius(ROWS) == pytest.approx((0.5 + 1.0 + 0.2) / 5)
+    assert certified_accuracy(ROWS, 0.0) == pytest.approx(3 / 5)
+    assert certified_accuracy(ROWS, 0.2) == pytest.approx(3 / 5)   # radius ≥ r counts
+    assert certified_accuracy(ROWS, 0.21) == pytest.approx(2 / 5)
+    assert certified_accuracy(ROWS, 1.0) == pytest.approx(1 / 5)
+    assert certified_accuracy(ROWS, 1.01) == 0.0
+
+
+def test_acr_ignores_radii_of_wrong_predictions():
+    """Cohen's own files keep a radius on wrong predictions: ACR multiplies by `correct`."""
+    frame = ROWS.assign(radius=[0.5, 1.0, 0.9, 0.0, 0.2])
+    assert average_certified_radius(frame) == pytest.approx((0.5 + 1.0 + 0.2) / 5)
+    assert certified_accuracy(frame, 0.8) == pytest.approx(1 / 5)
+
+
+def _fake_results(root: Path, runs: dict[str, tuple[float, list[list[float]]]]) -> list[Path]:
+    """results/<dataset>/<run>/seed<s>/certify/cohen.{tsv,json} + train_log.tsv, one radius list per seed."""
+    tsvs = []
+    for run, (sigma, seeds) in runs.items():
+        for seed, radii in enumerate(seeds):
+            d = root / "digits" / run / f"seed{seed}"
+            (d / "certify").mkdir(parents=True)
+            frame = pd.DataFrame({"idx": range(len(radii)), "label": 0, "predict": 0, "radius": radii,
+                                  "correct": [int(r > 0) for r in radii], "time": 0.5})
+            frame.to_csv(d / "certify" / "cohen.tsv", sep="\t", index=False)
+            (d / "certify" / "cohen.json").write_text(json.dumps({
+                "sigma": sigma, "n0": 100, "n": 1000, "alpha": 0.001, "max_radius": 2.0,
+                "subset": {"start": 0, "skip": 1, "count": None, "examples": len(radii)},
+                "model_info": {"method": "cohen", "device": "cpu"}, "provenance": {"device_name": "cpu (test)"}}))
+            pd.DataFrame({"epoch": [1, 2], "train_seconds": [1.0, 3.0]}).to_csv(d / "train_log.tsv", sep="\t",
+                                                                               index=False)
+            tsvs.append(d / "certify" / "cohen.tsv")
+    return tsvs
+
+
+def test_summary_tables_and_figure(tmp_path):
+    tsvs = _fake_results(tmp_path / "results", {"cohen-0.25": (0.25, [[0.3, 0.6, 0.0, 0.9], [0.3, 0.0, 0.0, 0.9]]),
+                                                "cohen-0.50": (0.5, [[1.2, 0.1, 0.0, 0.0]])})
+    summary = summarize(tsvs, [0.0, 0.5], tmp_path / "summary.csv")
+    for column in ("dataset", "run", "method", "seed", "certifier", "norm", "sigma", "clean_acc", "acr",
+                   "certified_acc@0.00", "certified_acc@0.50", "train_sec_per_epoch", "epochs", "train_hours",
+                   "certify_sec_per_example", "device"):
+        assert column in summary.columns, column
+    row = summary[(summary["run"] == "cohen-0.25") & (summary["seed"] == 0)].iloc[0]
+    assert row["clean_acc"] == 0.75 and row["certified_acc@0.50"] == 0.5
+    assert row["acr"] == pytest.approx(1.8 / 4)
+    assert row["train_sec_per_epoch"] == 2.0 and row["epochs"] == 2 and row["train_hours"] == pytest.approx(4 / 3600)
+
+    written = report(tmp_path / "summary.csv", tmp_path / "figures", tmp_path / "tables", radius_max=1.5)
+    assert {p.name for p in written} == {"certified_accuracy.png", "certified_accuracy.pdf",
+                                         "certified_accuracy.csv", "certified_accuracy.md", "certified_accuracy.tex",
+                                         "timing.csv", "timing.md", "timing.tex"}
+    assert all(p.stat().st_size > 0 for p in written)
+    table = pd.read_csv(tmp_path / "tables" / "certified_accuracy.csv")
+    seeds_mean = table.set_index("model").loc["cohen-0.25"]
+    assert seeds_mean["0.00"] == pytest.approx((0.75 + 0.5) / 2)  # averaged over the two seeds
+    assert seeds_mean["seeds"] == 2
+    tex = (tmp_path / "tables" / "certified_accuracy.tex").read_text()
+    assert r"\textbf{0.62}" in tex          # best clean accuracy in bold: cohen-0.25's mean 0.625
+    # r = 0.5: cohen-0.25 has 0.5 and 0.25 over its seeds (mean 0.375, best); cohen-0.50 has 0.25 (plain).
+    assert r"\textbf{0.38}" in tex and "cohen-0.50 & cohen & 0.50 & 0.50 & 0.25 &" in tex
+    assert r"\textbf{0.375}" in tex        # best ACR, 3 decimals: (1.8/4 + 1.2/4) / 2
+    assert "4 test images" in (tmp_path / "tables" / "certified_accuracy.md").read_text()
+
+
+def test_curve_is_a_step_function_on_a_0_01_grid(tmp_path):
+    tsvs = _fake_results(tmp_path / "results", {"cohen-0.25": (0.25, [[0.3, 0.6, 0.0, 0.9]])})
+    summary = summarize(tsvs, [0.0], tmp_path / "summary.csv")
+    curve = curves(summary, radius_max=1.0).set_index("radius")["certified_accuracy"]
+    assert len(curve) == 101
+    assert curve[0.0] == 0.75 and curve[0.3] == 0.75 and curve[0.31] == 0.5 and curve[0.9] == 0.25
+    assert curve[0.91] == 0.0
+
+
+def test_summarize_rejects_paths_outside_the_layout(tmp_path):
+    stray = tmp_path / "cohen.tsv"
+    ROWS.to_csv(stray, sep="\t", index=False)
+    with pytest.raises(ValueError, match="not a results/"):
+        summarize([stray], [0.0], tmp_path / "summary.csv")

@@ -1,0 +1,78 @@
+"""The whole smoke DAG, end to end, in a temporary directory, exactly as the README runs it."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The default config (config/config.yaml), run with the README's `snakemake --cores 2`."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    shutil.copy(REPO / "config" / "config.yaml", workdir / "config.yaml")
+    out = snakemake(workdir, "--cores", "2", "--configfile", str(workdir / "config.yaml"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_smoke_dag_leaves_figure_tables_and_summary(smoke_run):
+    for rel in ("results/digits/summary.csv", "figures/digits/certified_accuracy.png",
+                "figures/digits/certified_accuracy.pdf"):
+        assert (smoke_run / rel).stat().st_size > 0, rel
+    for table in ("certified_accuracy", "timing"):
+        for ext in ("md", "tex", "csv"):
+            assert (smoke_run / f"results/digits/tables/{table}.{ext}").stat().st_size > 0
+    for run in ("cohen-0.12", "cohen-0.25", "cohen-0.50"):
+        assert (smoke_run / f"logs/train/digits/{run}/seed0.log").exists()
+        assert (smoke_run / f"logs/benchmarks/certify/digits/{run}/seed0/cohen.tsv").exists()
+
+
+@pytest.mark.slow
+def test_smoke_models_are_accurate_and_robust_as_in_the_papers(smoke_run):
+    """Clean accuracy well above chance, positive ACR, and accuracy at radius 0 falling from σ = 0.25 to 0.5."""
+    summary = pd.read_csv(smoke_run / "results/digits/summary.csv").set_index("run")
+    assert set(summary.index) == {"cohen-0.12", "cohen-0.25", "cohen-0.50"}
+    assert (summary["clean_acc"] > 0.5).all()          # chance is 0.1
+    assert (summary["acr"] > 0).all()
+    assert summary.loc["cohen-0.25", "certified_acc@0.00"] > summary.loc["cohen-0.50", "certified_acc@0.00"]
+    # σ = 0.12 cannot certify beyond its cliff σ·Φ⁻¹(α^(1/n)); σ = 0.5 can.
+    assert summary.loc["cohen-0.12", "certified_acc@0.50"] == 0
+    assert (summary["examples"] == 100).all() and (summary["n"] == 10_000).all()
+
+
+@pytest.mark.slow
+def test_rerun_has_nothing_to_do_and_a_config_change_reruns_only_what_it_touches(smoke_run):
+    out = snakemake(smoke_run, "-n", "--configfile", str(smoke_run / "config.yaml"))
+    assert "Nothing to be done" in out.stdout + out.stderr
+    changed = smoke_run / "changed.yaml"
+    changed.write_text((smoke_run / "config.yaml").read_text().replace("n: 10000", "n: 5000"))
+    out = snakemake(smoke_run, "-n", "--quiet", "rules", "--configfile", str(changed))
+    jobs = dict(parts for parts in map(str.split, out.stdout.splitlines()) if len(parts) == 2 and parts[1].isdigit())
+    assert "train" not in jobs and jobs["certify"] == "3", out.stdout
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
+def test_every_shipped_config_builds_its_dag(tmp_path, name):
+    out = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / name), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "train" in out.stdout and "certify" in out.stdout
+
+
+def test_lint_is_clean():
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:]

@@ -1,0 +1,55 @@
+"""Config validation and the helpers the rules share."""
+import sys
+
+try:
+    config.update(mc.validate(config))
+except mc.ConfigError as exc:
+    raise SystemExit(f"error: {exc}") from None
+
+# Rules run `python -m methods ...`: make that the interpreter running Snakemake (it has `methods` installed),
+# also when Snakemake is called as .venv/bin/snakemake without activating the environment. Jobs inherit PATH
+# (SLURM jobs too, with --export=ALL); a conda deployment prepends its own environment instead.
+_search_path = os.environ["PATH"]
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + _search_path
+
+RUNS = mc.runs_of(config)  # (dataset, run, seed)
+DATASETS = sorted({dataset for dataset, _, _ in RUNS})
+
+
+wildcard_constraints:
+    dataset=r"[^/]+",
+    run=r"[^/]+",
+    seed=r"\d+",
+    certifier=r"[a-z0-9_-]+",
+
+
+def run_spec(wildcards, drop=()):
+    """The resolved spec of one (run, seed), as canonical JSON: a change to it reruns the step."""
+    spec = mc.resolve_run(config, wildcards.run, int(wildcards.seed))
+    if spec["dataset"] != wildcards.dataset:
+        raise ValueError(f"run {wildcards.run} is a {spec['dataset']} run, not {wildcards.dataset}")
+    return mc.spec_json({k: v for k, v in spec.items() if k not in drop})
+
+
+def train_spec(wildcards):
+    """The spec without its certify settings: changing n or alpha recertifies but never retrains."""
+    return run_spec(wildcards, drop=("certify",))
+
+
+def certify_outputs(dataset, ext="tsv"):
+    """Every per-example file of a dataset: one per run × seed × configured certifier."""
+    return [
+        f"results/{d}/{run}/seed{seed}/certify/{certifier}.{ext}"
+        for d, run, seed in RUNS
+        if d == dataset
+        for certifier in mc.resolve_run(config, run, seed)["certify"]["certifiers"]
+    ]
+
+
+def train_logs(dataset):
+    return [f"results/{d}/{run}/seed{seed}/train_log.tsv" for d, run, seed in RUNS if d == dataset]
+
+
+def res(step, key):
+    """A resource of the config's `resources.<step>` section (threads, mem_mb, runtime in minutes, gpu)."""
+    return config["resources"][step][key]
