@@ -1,0 +1,25 @@
+"""The README's two commands are what CI and users run: keep .ci/run on the README's test command."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    return [b.strip() for b in blocks[:2]]
+
+
+def test_readme_opens_with_the_two_commands():
+    main, tests = readme_commands()
+    assert main.endswith("snakemake --cores 2") and "pip install -e ." in main
+    assert tests.endswith("python -m pytest") and 'pip install -e ".[test]"' in tests
+
+
+def test_ci_runs_the_readme_test_command():
+    _, tests = readme_commands()
+    lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert tests in lines
+    assert "set -euo pipefail" in lines  # a failing test (or pytest's exit 5, no tests) fails CI
