@@ -28,7 +28,7 @@ from tqdm import tqdm
 from . import data, models
 from .checkpoint import save_model
 from .config import spec_json
-from .io import atomic_save, atomic_write_text, provenance, select_device, synchronize, write_json
+from .io import atomic_save, atomic_write_text, device_name, provenance, select_device, synchronize, write_json
 from .registry import StepResult, get_method
 
 LOG_COLUMNS = ("epoch", "train_seconds", "loss", "accuracy", "lr", "eval_seconds", "test_loss", "test_accuracy")
@@ -184,7 +184,7 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
             "hparams": spec["hparams"], "epochs_done": len(rows),
             "arch": models.resolved_arch(spec["model"]["arch"], spec["dataset"]),
             "normalization": spec["model"]["normalization"], "threat_model": spec["threat_model"],
-            "run": spec["run"], "seed": seed, "device": str(dev),
+            "run": spec["run"], "seed": seed, "device": device_name(dev),
             "train_seconds": sum(float(r["train_seconds"]) for r in rows)}
     save_model(model, info, out_dir / "model.pt")
     return out_dir / "model.pt"

@@ -44,8 +44,8 @@ def _fake_results(root: Path, runs: dict[str, tuple[float, list[list[float]]]]) 
                 "sigma": sigma, "n0": 100, "n": 1000, "alpha": 0.001, "max_radius": 2.0,
                 "subset": {"start": 0, "skip": 1, "count": None, "examples": len(radii)},
                 "model_info": {"method": "cohen", "device": "cpu"}, "provenance": {"device_name": "cpu (test)"}}))
-            pd.DataFrame({"epoch": [1, 2], "train_seconds": [1.0, 3.0]}).to_csv(d / "train_log.tsv", sep="\t",
-                                                                               index=False)
+            pd.DataFrame({"epoch": [1, 2], "train_seconds": [1.0, 3.0], "eval_seconds": [0.5, 0.5]}).to_csv(
+                d / "train_log.tsv", sep="\t", index=False)
             tsvs.append(d / "certify" / "cohen.tsv")
     return tsvs
 
@@ -62,6 +62,7 @@ def test_summary_tables_and_figure(tmp_path):
     assert row["clean_acc"] == 0.75 and row["certified_acc@0.50"] == 0.5
     assert row["acr"] == pytest.approx(1.8 / 4)
     assert row["train_sec_per_epoch"] == 2.0 and row["epochs"] == 2 and row["train_hours"] == pytest.approx(4 / 3600)
+    assert row["train_eval_sec_per_epoch"] == 2.5
 
     written = report(tmp_path / "summary.csv", tmp_path / "figures", tmp_path / "tables", radius_max=1.5)
     assert {p.name for p in written} == {"certified_accuracy.png", "certified_accuracy.pdf",
