@@ -6,11 +6,13 @@ precision). A sidecar ``<name>.json`` records the certifier's settings, the subs
 
 Noise is seeded per example from (run seed, dataset index), so a certificate does not depend on which shard or
 which resumed process computed it. Rows are appended to ``<name>.tsv.partial`` as they finish (not a declared
-Snakemake output, so a kill keeps them) and the finished file is renamed into place.
+Snakemake output, so a kill keeps them) and the finished file is renamed into place. The partial file starts with a
+fingerprint of the settings and the model file, so rows from other settings are never resumed.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from tqdm import tqdm
 
 from . import data
 from .checkpoint import load_checkpoint
+from .config import spec_json
 from .io import atomic_write_text, provenance, select_device, synchronize, write_json
 from .smoothing import Smooth, max_radius
 
@@ -53,8 +56,30 @@ def example_generator(seed: int, idx: int, device: torch.device) -> torch.Genera
 def _read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         lines = fh.read().splitlines()
-    complete = [line for line in lines if line.count("\t") == len(TSV_COLUMNS) - 1]  # a torn last line is dropped
+    complete = [line for line in lines  # a torn last line and the partial file's fingerprint line are dropped
+                if line.count("\t") == len(TSV_COLUMNS) - 1 and not line.startswith("#")]
     return list(csv.DictReader(complete, delimiter="\t")) if complete else []
+
+
+def _fingerprint(checkpoint: Path, spec: dict, certifier: str, shard: int, shards: int) -> str:
+    """What the rows of a partial file depend on: a partial file from other settings or another model is stale."""
+    digest = hashlib.sha256()
+    with open(checkpoint, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return hashlib.sha256(spec_json({"certify": spec["certify"], "certifier": certifier, "seed": spec["seed"],
+                                     "shard": [shard, shards], "model": digest.hexdigest()}).encode()).hexdigest()
+
+
+def _resumable_rows(partial: Path, fingerprint: str) -> dict[int, dict]:
+    if not partial.exists():
+        return {}
+    with open(partial) as fh:
+        first = fh.readline().strip()
+    if first != f"# fingerprint {fingerprint}":
+        print(f"ignoring {partial}: it was written for other settings or another model", flush=True)
+        return {}
+    return {int(r["idx"]): r for r in _read_rows(partial)}
 
 
 def _format_row(row: dict) -> str:
@@ -87,11 +112,13 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
     smooth = Smooth(model, info["num_classes"], sigma)
 
     partial = out.with_name(out.name + ".partial")
-    done = {int(r["idx"]): r for r in _read_rows(partial)} if partial.exists() else {}
+    fingerprint = _fingerprint(Path(checkpoint), spec, certifier, shard, shards)
+    done = _resumable_rows(partial, fingerprint)
     rows_kept = [done[i] for i in indices if i in done]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "w") as fh:  # rewrite what is kept (drops a torn line), then append as rows finish
-        fh.write("\t".join(TSV_COLUMNS) + "\n" + "".join(_format_row(r) for r in rows_kept))
+        fh.write(f"# fingerprint {fingerprint}\n" + "\t".join(TSV_COLUMNS) + "\n"
+                 + "".join(_format_row(r) for r in rows_kept))
     todo = [i for i in indices if i not in done]
     if rows_kept:
         print(f"resuming certification: {len(rows_kept)} of {len(indices)} examples already done", flush=True)

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from methods.certify import TSV_COLUMNS, certify_run, merge_shards, read_tsv, subset_indices
+from methods.certify import TSV_COLUMNS, _fingerprint, certify_run, merge_shards, read_tsv, subset_indices
 from methods.smoothing import max_radius
 from methods.train import train
 
@@ -63,16 +63,35 @@ def test_certificates_are_reproducible(trained, tmp_path):
     pd.testing.assert_frame_equal(_without_time(read_tsv(a)), _without_time(read_tsv(b)))
 
 
+def _partial(model, spec, lines: list[str], stamp: str | None = None) -> str:
+    stamp = stamp or _fingerprint(model, spec, "cohen", 0, 1)
+    return f"# fingerprint {stamp}\n" + "".join(lines)
+
+
 def test_resume_keeps_finished_rows_and_equals_an_uninterrupted_run(trained, tmp_path):
     model, spec = trained
     full = read_tsv(certify_run(model, spec, tmp_path / "full.tsv", device="cpu", progress=False))
     lines = (tmp_path / "full.tsv").read_text().splitlines(keepends=True)
     out = tmp_path / "resumed.tsv"
     # A kill after three rows, in the middle of writing the fourth.
-    (tmp_path / "resumed.tsv.partial").write_text("".join(lines[:4]) + lines[4][:7])
+    (tmp_path / "resumed.tsv.partial").write_text(_partial(model, spec, lines[:4] + [lines[4][:7]]))
     resumed = read_tsv(certify_run(model, spec, out, device="cpu", progress=False))
     pd.testing.assert_frame_equal(_without_time(full), _without_time(resumed))
     assert list(resumed["time"][:3]) == list(full["time"][:3])  # the finished rows were kept, not recomputed
+
+
+def test_rows_from_other_settings_are_not_resumed(trained, tmp_path, capsys):
+    model, spec = trained
+    full = read_tsv(certify_run(model, spec, tmp_path / "full.tsv", device="cpu", progress=False))
+    header, first, *_ = (tmp_path / "full.tsv").read_text().splitlines(keepends=True)
+    forged = first.split("\t")
+    forged[3] = "99.0"  # a radius no run at these settings can produce
+    other = {**spec, "certify": {**spec["certify"], "n": 400}}
+    (tmp_path / "out.tsv.partial").write_text(
+        _partial(model, spec, [header, "\t".join(forged)], stamp=_fingerprint(model, other, "cohen", 0, 1)))
+    resumed = read_tsv(certify_run(model, spec, tmp_path / "out.tsv", device="cpu", progress=False))
+    assert "ignoring" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(_without_time(full), _without_time(resumed))
 
 
 def test_three_shards_merge_to_the_unsharded_result(trained, tmp_path):
