@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,9 @@ class ConfigError(ValueError):
     """A config that cannot run. The message names the field and says what is wrong."""
 
 
+@functools.lru_cache(maxsize=1)
 def _schema() -> dict:
+    """The parsed schema, read once per process (the Snakefile resolves every run × seed through it)."""
     if not SCHEMA_PATH.exists():
         raise ConfigError(f"config schema not found at {SCHEMA_PATH} (install the package editable: pip install -e .)")
     return yaml.safe_load(SCHEMA_PATH.read_text())
