@@ -118,7 +118,7 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
     schema = _schema()
     experiment = {k: v for k, v in config.items() if k != "runs"}
     spec = deep_merge(experiment, {k: run[k] for k in RUN_OVERRIDES if k in run})
-    spec = _fill_defaults(spec, {k: v for k, v in schema.items() if k != "required"}, schema)
+    spec = _fill_defaults(spec, schema, schema)
     where = f"runs.{name}"
 
     method = get_method(run["method"])
@@ -141,8 +141,8 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
     if train["milestones"] != sorted(train["milestones"]):
         raise ConfigError(f"config error at {where}.train.milestones: must be increasing, got {train['milestones']}")
 
-    spec.pop("resources", None)
-    spec.pop("report", None)
+    for key in ("resources", "report", "seeds"):  # none of them changes what this (run, seed) computes
+        spec.pop(key, None)
     spec.update(run=name, method=run["method"], hparams=dataclasses.asdict(hparams), seed=seed,
                 threat_model=method.THREAT_MODEL)
     return spec

@@ -82,7 +82,7 @@ def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Certified accuracy at each configured radius + ACR, mean over seeds (as MACER's Tables 1–2)."""
     radius_cols = [c for c in summary.columns if c.startswith("certified_acc@")]
     table = (summary.assign(model=_label(summary))
-             .groupby(["model", "method", "sigma"], sort=False)[radius_cols + ["acr", "seed"]]
+             .groupby(["model", "method", "sigma"], sort=False, dropna=False)[radius_cols + ["acr", "seed"]]
              .agg({**{c: "mean" for c in radius_cols + ["acr"]}, "seed": "nunique"})
              .rename(columns={c: c.split("@")[1] for c in radius_cols} | {"acr": "ACR", "seed": "seeds"})
              .reset_index())
@@ -162,7 +162,8 @@ def curves(summary: pd.DataFrame, radius_max: float, step: float = 0.01) -> pd.D
         parts.append(pd.DataFrame({"model": label, "method": row.method, "sigma": row.sigma, "seed": row.seed,
                                    "radius": grid, "certified_accuracy": acc}))
     data = pd.concat(parts)
-    return data.groupby(["model", "method", "sigma", "radius"], sort=False, as_index=False)["certified_accuracy"].mean()
+    return data.groupby(["model", "method", "sigma", "radius"], sort=False, dropna=False,
+                        as_index=False)["certified_accuracy"].mean()
 
 
 def plot_certified_accuracy(summary: pd.DataFrame, out_stem: str | Path, radius_max: float, title: str = "") -> list[Path]:

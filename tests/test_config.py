@@ -67,6 +67,14 @@ def test_runs_of_expands_dataset_run_seed():
     assert mc.runs_of(cfg) == [("digits", "a", 0), ("digits", "a", 1), ("mnist", "b", 5)]
 
 
+def test_adding_a_seed_or_changing_resources_leaves_existing_specs_alone():
+    """Specs are Snakemake params: anything in them that changes reruns the step."""
+    before = mc.resolve_run(mc.validate(with_(seeds=[0])), "cohen-0.25", 0)
+    after = mc.resolve_run(mc.validate(with_(seeds=[0, 1], resources={"train": {"threads": 8}},
+                                             report={"radius_max": 3.0})), "cohen-0.25", 0)
+    assert mc.spec_json(before) == mc.spec_json(after)
+
+
 def test_spec_json_is_canonical():
     a = mc.spec_json({"b": 1, "a": {"d": 2, "c": 3}})
     assert a == mc.spec_json({"a": {"c": 3, "d": 2}, "b": 1}) == '{"a":{"c":3,"d":2},"b":1}'

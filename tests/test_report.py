@@ -95,3 +95,12 @@ def test_summarize_rejects_paths_outside_the_layout(tmp_path):
     ROWS.to_csv(stray, sep="\t", index=False)
     with pytest.raises(ValueError, match="not a results/"):
         summarize([stray], [0.0], tmp_path / "summary.csv")
+
+
+def test_tables_keep_runs_without_a_sigma(tmp_path):
+    """ℓ∞ methods have no σ: pandas drops NaN group keys unless told not to."""
+    tsvs = _fake_results(tmp_path / "results", {"cohen-0.25": (0.25, [[0.3, 0.0]]), "linf": (None, [[0.1, 0.2]])})
+    summary = summarize(tsvs, [0.0], tmp_path / "summary.csv")
+    from methods.report import accuracy_table
+
+    assert set(accuracy_table(summary)["model"]) == {"cohen-0.25", "linf"}
