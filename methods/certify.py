@@ -53,12 +53,14 @@ def example_generator(seed: int, idx: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(seed * 2**32 + idx)
 
 
-def _read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        lines = fh.read().splitlines()
+def _parse_rows(lines: list[str]) -> list[dict]:
     complete = [line for line in lines  # a torn last line and the partial file's fingerprint line are dropped
                 if line.count("\t") == len(TSV_COLUMNS) - 1 and not line.startswith("#")]
     return list(csv.DictReader(complete, delimiter="\t")) if complete else []
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return _parse_rows(Path(path).read_text().splitlines())
 
 
 def _fingerprint(checkpoint: Path, spec: dict, certifier: str, shard: int, shards: int) -> str:
@@ -74,16 +76,20 @@ def _fingerprint(checkpoint: Path, spec: dict, certifier: str, shard: int, shard
 def _resumable_rows(partial: Path, fingerprint: str) -> dict[int, dict]:
     if not partial.exists():
         return {}
-    with open(partial) as fh:
-        first = fh.readline().strip()
-    if first != f"# fingerprint {fingerprint}":
+    lines = partial.read_text().splitlines()
+    if not lines or lines[0] != f"# fingerprint {fingerprint}":
         print(f"ignoring {partial}: it was written for other settings or another model", flush=True)
         return {}
-    return {int(r["idx"]): r for r in _read_rows(partial)}
+    return {int(r["idx"]): r for r in _parse_rows(lines)}
 
 
 def _format_row(row: dict) -> str:
     return "\t".join(str(row[c]) for c in TSV_COLUMNS) + "\n"
+
+
+def _tsv_text(rows: list[dict]) -> str:
+    """Header + rows: the per-example file (also the body of a partial file)."""
+    return "\t".join(TSV_COLUMNS) + "\n" + "".join(_format_row(r) for r in rows)
 
 
 def read_tsv(path: str | Path) -> pd.DataFrame:
@@ -117,8 +123,7 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
     rows_kept = [done[i] for i in indices if i in done]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "w") as fh:  # rewrite what is kept (drops a torn line), then append as rows finish
-        fh.write(f"# fingerprint {fingerprint}\n" + "\t".join(TSV_COLUMNS) + "\n"
-                 + "".join(_format_row(r) for r in rows_kept))
+        fh.write(f"# fingerprint {fingerprint}\n" + _tsv_text(rows_kept))
     todo = [i for i in indices if i not in done]
     if rows_kept:
         print(f"resuming certification: {len(rows_kept)} of {len(indices)} examples already done", flush=True)
@@ -139,8 +144,7 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
                                   "time": repr(time.perf_counter() - t0)}))
             fh.flush()
 
-    rows = sorted(_read_rows(partial), key=lambda r: int(r["idx"]))
-    atomic_write_text(out, "\t".join(TSV_COLUMNS) + "\n" + "".join(_format_row(r) for r in rows))
+    atomic_write_text(out, _tsv_text(sorted(_read_rows(partial), key=lambda r: int(r["idx"]))))
     write_json(out.with_suffix(".json"), {
         "certifier": certifier, "sigma": sigma, "n0": cfg["n0"], "n": cfg["n"], "alpha": cfg["alpha"],
         "batch_size": cfg["batch_size"], "max_radius": max_radius(sigma, cfg["n"], cfg["alpha"]),
@@ -154,6 +158,5 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
 def merge_shards(shard_files: list[str | Path], out: str | Path) -> Path:
     """Concatenate shard TSVs in dataset-index order (a sharded certification equals the unsharded one)."""
     rows = [r for f in shard_files for r in _read_rows(Path(f))]
-    rows.sort(key=lambda r: int(r["idx"]))
-    atomic_write_text(out, "\t".join(TSV_COLUMNS) + "\n" + "".join(_format_row(r) for r in rows))
+    atomic_write_text(out, _tsv_text(sorted(rows, key=lambda r: int(r["idx"]))))
     return Path(out)

@@ -35,9 +35,8 @@ def _train_log_stats(run_dir: Path) -> dict:
     """Train-only seconds per epoch, and train + per-epoch test pass where the run evaluated each epoch (the papers
     do not say which of the two their sec/epoch is, so both are reported)."""
     log = pd.read_csv(run_dir / "train_log.tsv", sep="\t")
-    eval_seconds = pd.to_numeric(log.get("eval_seconds"), errors="coerce") if "eval_seconds" in log else None
-    with_eval = (float((log["train_seconds"] + eval_seconds).mean())
-                 if eval_seconds is not None and eval_seconds.notna().all() else float("nan"))
+    eval_seconds = pd.to_numeric(log.get("eval_seconds", pd.Series(index=log.index, dtype=float)), errors="coerce")
+    with_eval = float((log["train_seconds"] + eval_seconds).mean()) if eval_seconds.notna().all() else float("nan")
     return {"train_sec_per_epoch": float(log["train_seconds"].mean()), "train_eval_sec_per_epoch": with_eval,
             "epochs": int(len(log)), "train_hours": float(log["train_seconds"].sum()) / 3600}
 

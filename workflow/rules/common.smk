@@ -14,6 +14,7 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + _search_path
 
 RUNS = mc.runs_of(config)  # (dataset, run, seed)
 DATASETS = sorted({dataset for dataset, _, _ in RUNS})
+SPECS = {(run, seed): mc.resolve_run(config, run, seed) for _, run, seed in RUNS}  # resolved once, at parse time
 
 
 wildcard_constraints:
@@ -25,7 +26,10 @@ wildcard_constraints:
 
 def run_spec(wildcards, drop=()):
     """The resolved spec of one (run, seed), as canonical JSON: a change to it reruns the step."""
-    spec = mc.resolve_run(config, wildcards.run, int(wildcards.seed))
+    key = (wildcards.run, int(wildcards.seed))
+    if key not in SPECS:
+        raise ValueError(f"run {wildcards.run} with seed {wildcards.seed} is not in the config")
+    spec = SPECS[key]
     if spec["dataset"] != wildcards.dataset:
         raise ValueError(f"run {wildcards.run} is a {spec['dataset']} run, not {wildcards.dataset}")
     return mc.spec_json({k: v for k, v in spec.items() if k not in drop})
@@ -42,7 +46,7 @@ def certify_outputs(dataset, ext="tsv"):
         f"results/{d}/{run}/seed{seed}/certify/{certifier}.{ext}"
         for d, run, seed in RUNS
         if d == dataset
-        for certifier in mc.resolve_run(config, run, seed)["certify"]["certifiers"]
+        for certifier in SPECS[run, seed]["certify"]["certifiers"]
     ]
 
 
