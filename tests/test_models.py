@@ -1,0 +1,53 @@
+"""Models take [0, 1] pixels and normalise in their first layer (METHODS.md §0), with the papers' constants."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from methods import data, models
+
+
+def test_normalization_constants_are_cohens():
+    """CIFAR-10 std is Cohen's (0.2023, 0.1994, 0.2010), not the often-quoted (0.247, 0.243, 0.261)."""
+    assert data.info("cifar10").mean == (0.4914, 0.4822, 0.4465)
+    assert data.info("cifar10").std == (0.2023, 0.1994, 0.2010)
+    assert data.info("imagenet").mean == (0.485, 0.456, 0.406)
+    assert data.info("imagenet").std == (0.229, 0.224, 0.225)
+
+
+@pytest.mark.parametrize("mode,expected", [("standard", lambda x, m, s: (x - m) / s),
+                                           ("center", lambda x, m, s: x - m), ("none", lambda x, m, s: x)])
+def test_normalize_modes(mode, expected):
+    layer = models.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), mode)
+    x = torch.rand(2, 3, 4, 4)
+    m = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    s = torch.tensor([0.2023, 0.1994, 0.2010]).view(1, 3, 1, 1)
+    assert torch.allclose(layer(x), expected(x, m, s))
+
+
+def test_every_model_starts_with_its_normalization_layer():
+    model = models.build("auto", "cifar10", "center")
+    assert isinstance(model[0], models.Normalize) and model[0].mode == "center"
+    assert model[0].std.flatten().tolist() == pytest.approx([0.2023, 0.1994, 0.2010])
+
+
+def test_resnet110_is_cohens_cifar_network():
+    net = models.build("cifar_resnet110", "cifar10")[1]
+    blocks = [m for m in net.modules() if isinstance(m, models.BasicBlock)]
+    assert len(blocks) == 54  # 6n + 2 = 110 → n = 18 blocks per stage, 3 stages
+    assert [b.conv2.out_channels for b in blocks[::18]] == [16, 32, 64]
+    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(1.73e6, rel=0.01)
+
+
+@pytest.mark.parametrize("arch,dataset,shape", [("small_cnn", "digits", (1, 8, 8)), ("lenet", "mnist", (1, 28, 28)),
+                                                ("cifar_resnet20", "cifar10", (3, 32, 32))])
+def test_models_map_pixels_to_logits(arch, dataset, shape):
+    assert models.build(arch, dataset)(torch.rand(3, *shape)).shape == (3, 10)
+
+
+def test_unknown_arch_and_bad_depth_are_refused():
+    with pytest.raises(ValueError, match="unknown arch"):
+        models.build("vgg", "cifar10")
+    with pytest.raises(ValueError, match="6n"):
+        models.CifarResNet(21)
