@@ -6,6 +6,7 @@
 
 Every rule runs `python -m methods <step>`, which a user can also run by hand. The rules are in workflow/rules/.
 """
+import json
 import os
 
 from snakemake.utils import min_version

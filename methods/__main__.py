@@ -85,7 +85,7 @@ def cmd_merge(args) -> None:
 def cmd_summarize(args) -> None:
     from .report import summarize
 
-    summary = summarize(args.tsv, args.radii, args.out)
+    summary = summarize(args.tsv, args.radii, args.out, json.loads(args.notes) if args.notes else None)
     print(f"wrote {args.out} ({len(summary)} rows)")
 
 
@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("certify", help="certify a trained run's test subset, write the per-example TSV")
     _add_spec_args(p)
     p.add_argument("--checkpoint", help="model file (default: <run dir>/model.pt)")
-    p.add_argument("--certifier", default="cohen", help="certifier (default: cohen = Cohen's CERTIFY)")
+    p.add_argument("--certifier", default="cohen", choices=["cohen", "t-certify", "t-certify-grid"],
+                   help="cohen = Cohen's CERTIFY (default); t-certify = Feng et al.'s two-sided certificate with the "
+                        "config's fixed alpha split; t-certify-grid = its Bonferroni-corrected maximum over splits")
     p.add_argument("--out", help="TSV to write (default: <run dir>/certify/<certifier>.tsv)")
     p.add_argument("--shard", help="I/N: certify only shard I (0-based) of N of the subset")
     p.set_defaults(func=cmd_certify)
@@ -122,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("summarize", help="summary.csv from per-example TSVs")
     p.add_argument("--radii", type=float, nargs="+", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--notes", help='JSON {"run": "caveat", ...}: the config\'s run notes, footnoted in the tables')
     p.add_argument("tsv", nargs="+", help="results/<dataset>/<run>/seed<s>/certify/<certifier>.tsv files")
     p.set_defaults(func=cmd_summarize)
 

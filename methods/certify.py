@@ -25,10 +25,17 @@ from . import data
 from .checkpoint import load_checkpoint
 from .config import spec_json
 from .io import atomic_write_text, provenance, select_device, synchronize, write_json
-from .smoothing import Smooth, max_radius
+from .smoothing import Smooth, default_split_grid, max_radius, t_certify_counts, t_certify_counts_grid
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
-CERTIFIERS = {"cohen": "l2-smoothing"}  # certifier -> the threat model it applies to
+CERTIFIERS = {"cohen": "l2-smoothing", "t-certify": "l2-smoothing", "t-certify-grid": "l2-smoothing"}  # → threat model
+#: Caveats the report prints beside a certifier's rows.
+CERTIFIER_NOTES = {
+    "t-certify": "Feng et al.'s T-CERTIFY, reconstructed (METHODS.md §4): top and runner-up bounded separately, "
+                 "alpha split fixed in advance (t_certify_split)",
+    "t-certify-grid": "paper-style T-CERTIFY, reconstructed (METHODS.md §4): the largest radius over a grid of "
+                      "alpha splits, each at alpha / (grid length), Bonferroni-corrected",
+}
 
 
 def subset_indices(dataset_size: int, start: int, skip: int, count: int | None) -> list[int]:
@@ -100,6 +107,27 @@ def read_tsv(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def _certify_example(certifier: str, smooth: Smooth, x: torch.Tensor, cfg: dict,
+                     generator: torch.Generator) -> tuple[int, float]:
+    """One certificate. Every certifier draws the same noise for the same (seed, idx), so they compare paired."""
+    args = (x, cfg["n0"], cfg["n"], cfg["alpha"], cfg["batch_size"])
+    if certifier == "cohen":
+        return smooth.certify(*args, generator=generator)
+    if certifier == "t-certify":
+        return smooth.t_certify(*args, split=cfg["t_certify_split"], generator=generator)
+    return smooth.t_certify_grid(*args, grid=default_split_grid(cfg["t_certify_grid_size"]), generator=generator)
+
+
+def certifier_max_radius(certifier: str, cfg: dict, sigma: float, num_classes: int) -> float:
+    """The largest radius `certifier` can return with these settings (all n draws agree): the curves' cliff."""
+    if certifier == "cohen":
+        return max_radius(sigma, cfg["n"], cfg["alpha"])
+    unanimous = [cfg["n0"]] + [0] * (num_classes - 1), [cfg["n"]] + [0] * (num_classes - 1)
+    if certifier == "t-certify":
+        return t_certify_counts(*unanimous, sigma, cfg["alpha"], cfg["t_certify_split"])[1]
+    return t_certify_counts_grid(*unanimous, sigma, cfg["alpha"], default_split_grid(cfg["t_certify_grid_size"]))[1]
+
+
 def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: str = "cohen",
                 device: str = "auto", shard: int = 0, shards: int = 1, progress: bool = True) -> Path:
     """Certify the run's test subset (or one shard of it) with `certifier`; write `out` (TSV) and its sidecar JSON."""
@@ -135,8 +163,8 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
             x = x.to(dev)
             synchronize(dev)
             t0 = time.perf_counter()
-            prediction, radius = smooth.certify(x, cfg["n0"], cfg["n"], cfg["alpha"], cfg["batch_size"],
-                                                generator=example_generator(spec["seed"], idx, dev))
+            prediction, radius = _certify_example(certifier, smooth, x, cfg,
+                                                  example_generator(spec["seed"], idx, dev))
             synchronize(dev)
             correct = int(prediction == int(label))
             fh.write(_format_row({"idx": idx, "label": int(label), "predict": prediction,
@@ -147,7 +175,10 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
     atomic_write_text(out, _tsv_text(sorted(_read_rows(partial), key=lambda r: int(r["idx"]))))
     write_json(out.with_suffix(".json"), {
         "certifier": certifier, "sigma": sigma, "n0": cfg["n0"], "n": cfg["n"], "alpha": cfg["alpha"],
-        "batch_size": cfg["batch_size"], "max_radius": max_radius(sigma, cfg["n"], cfg["alpha"]),
+        "batch_size": cfg["batch_size"],
+        "max_radius": certifier_max_radius(certifier, cfg, sigma, info["num_classes"]),
+        **({"t_certify_split": cfg["t_certify_split"]} if certifier == "t-certify" else {}),
+        **({"t_certify_grid": default_split_grid(cfg["t_certify_grid_size"])} if certifier == "t-certify-grid" else {}),
         "subset": {"start": cfg["start"], "skip": cfg["skip"], "count": cfg["count"], "examples": len(indices)},
         "shard": shard, "shards": shards, "dtype": "float32", "model": str(checkpoint), "model_info": info,
         "provenance": provenance(dev)})

@@ -14,6 +14,7 @@ from .noise import gaussian
 from .registry import StepResult, require_positive
 
 THREAT_MODEL = "l2-smoothing"
+SOURCE = "official code (locuslab/smoothing)"
 
 
 @dataclass(frozen=True)

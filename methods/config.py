@@ -25,6 +25,8 @@ DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
 
 #: Sections a run may override; everything else is experiment-wide.
 RUN_OVERRIDES = ("dataset", "model", "train", "certify", "seeds")
+#: Top-level keys that describe runs rather than settings; never part of a spec.
+RUN_KEYS = ("runs", "grids")
 
 
 class ConfigError(ValueError):
@@ -81,18 +83,56 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def expand_grids(grids: dict, runs: dict) -> dict:
+    """`runs` plus one run per combination of each grid's list-valued hparams, named by the grid's template."""
+    import itertools
+    import re
+
+    pattern = re.compile(_schema()["$defs"]["run_name"]["pattern"])
+    out = copy.deepcopy(runs)
+    for grid_name, grid in grids.items():
+        where = f"grids.{grid_name}"
+        sweeps = {k: v if isinstance(v, list) else [v] for k, v in grid["hparams"].items()}
+        for key, values in sweeps.items():
+            if not values:
+                raise ConfigError(f"config error at {where}.hparams.{key}: an empty list sweeps nothing")
+        for combo in itertools.product(*sweeps.values()):
+            hparams = dict(zip(sweeps, combo))
+            try:
+                name = grid["name"].format(**hparams)
+            except KeyError as exc:
+                raise ConfigError(f"config error at {where}.name: {{{exc.args[0]}}} is not one of the grid's "
+                                  f"hparams ({', '.join(sweeps)})") from None
+            except (ValueError, IndexError) as exc:
+                raise ConfigError(f"config error at {where}.name: {exc}") from None
+            if not pattern.fullmatch(name):
+                raise ConfigError(f"config error at {where}.name: {name!r} is not a valid run name "
+                                  f"(letters, digits, . _ + -)")
+            if name in out:
+                raise ConfigError(f"config error at {where}: run {name!r} is defined twice (names must differ, "
+                                  f"e.g. include every swept hparam in the name)")
+            out[name] = {"method": grid["method"], "hparams": hparams,
+                         **{k: copy.deepcopy(grid[k]) for k in (*RUN_OVERRIDES, "note") if k in grid}}
+    return out
+
+
 def validate(config: dict) -> dict:
-    """Validate a raw config against the schema and the cross-field rules; return it with defaults filled.
+    """Validate a raw config against the schema and the cross-field rules; return it with defaults filled and
+    its grids expanded into runs.
 
     Run-level overrides are kept as written (not default-filled), so that they override only what they name.
     """
     if not isinstance(config, dict):
         raise ConfigError("config error at <top level>: expected a mapping")
+    if not any(key in config for key in RUN_KEYS):
+        raise ConfigError("config error at <top level>: no runs: give `runs` (named runs) and/or `grids` "
+                          "(families of runs)")
     schema = _schema()
     _check_schema(config, schema)
-    runs = config.get("runs", {})
-    experiment = _fill_defaults({k: copy.deepcopy(v) for k, v in config.items() if k != "runs"}, schema, schema)
-    experiment["runs"] = copy.deepcopy(runs)
+    runs = expand_grids(config.get("grids", {}), config.get("runs", {}))
+    experiment = _fill_defaults({k: copy.deepcopy(v) for k, v in config.items() if k not in RUN_KEYS},
+                                schema, schema)
+    experiment["runs"] = runs
     for name in runs:
         resolve_run(experiment, name, seed=None)  # raises on the first bad run
     return experiment
@@ -116,7 +156,7 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
         raise ConfigError(f"config error at runs: no run named {name!r} (known: {', '.join(config['runs'])})")
     run = config["runs"][name]
     schema = _schema()
-    experiment = {k: v for k, v in config.items() if k != "runs"}
+    experiment = {k: v for k, v in config.items() if k not in RUN_KEYS}
     spec = deep_merge(experiment, {k: run[k] for k in RUN_OVERRIDES if k in run})
     spec = _fill_defaults(spec, schema, schema)
     where = f"runs.{name}"
@@ -135,6 +175,9 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
         raise ConfigError(f"config error at {where}.certify.n0: n0 = {cert['n0']} exceeds n = {cert['n']}")
     if cert["sigma"] is None:
         cert["sigma"] = getattr(hparams, "sigma", None)
+    if abs(sum(cert["t_certify_split"]) - 1) > 1e-9:
+        raise ConfigError(f"config error at {where}.certify.t_certify_split: the fractions of alpha must sum to 1, "
+                          f"got {cert['t_certify_split']}")
     train = spec["train"]
     if train["schedule"] == "multistep" and not train["milestones"]:
         raise ConfigError(f"config error at {where}.train.milestones: the multistep schedule needs milestones")
@@ -151,6 +194,12 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
 def spec_json(spec: dict) -> str:
     """Canonical JSON of a spec: stable key order, so Snakemake sees a change only when something changed."""
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def notes_of(config: dict) -> dict[str, str]:
+    """Each run's caveat (`note`), for the report's footnotes; notes are not part of a spec, so editing one
+    re-renders the tables without retraining."""
+    return {name: run["note"] for name, run in config["runs"].items() if run.get("note")}
 
 
 def runs_of(config: dict) -> list[tuple[str, str, int]]:

@@ -7,8 +7,11 @@ A method is one module under `methods/` that defines:
 - ``draw(x, hp)``: the random draws one batch needs (e.g. Gaussian noise), from torch's global RNG;
 - ``objective(model, x, y, draws, hp) -> StepResult``: the training loss, a pure function of its arguments, so a
   test can fix the draws and compare the loss with a hand computation;
-- optionally ``train_step(model, optimizer, x, y, hp) -> StepResult`` when one loader batch is more than one
-  draw + one optimizer step (SmoothAdv's m mini-batches). The shared loop in `methods.train` owns everything else.
+- optionally ``train_step(model, optimizer, x, y, hp, epoch) -> StepResult`` when one loader batch is more than one
+  draw + one optimizer step (SmoothAdv's attack and its m mini-batches; `epoch` counts from 0, for warm-ups).
+  The shared loop in `methods.train` owns everything else.
+- ``SOURCE``: where the implementation's details come from ("official code", or "reconstructed: …" when there was
+  no official code); the report's tables carry it as a footnote.
 """
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ import torch
 #: method name (as written in configs) -> module
 METHODS = {
     "cohen": "methods.cohen",
+    "salman": "methods.salman",
+    "macer": "methods.macer",
+    "feng": "methods.feng",
 }
 
 THREAT_MODELS = ("l2-smoothing", "linf-certified", "linf-empirical")
@@ -38,6 +44,14 @@ class HparamError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+def descend(optimizer: torch.optim.Optimizer, result: StepResult) -> StepResult:
+    """One optimizer step on `result.loss` (fresh gradients), for the train steps of every method."""
+    optimizer.zero_grad(set_to_none=True)
+    result.loss.backward()
+    optimizer.step()
+    return result
 
 
 def require_positive(hp, *fields: str) -> None:

@@ -41,8 +41,17 @@ def _train_log_stats(run_dir: Path) -> dict:
             "epochs": int(len(log)), "train_hours": float(log["train_seconds"].sum()) / 3600}
 
 
-def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path) -> pd.DataFrame:
-    """One row per per-example TSV (run × certifier × seed); paths must be <dataset>/<run>/seed<s>/certify/<c>.tsv."""
+def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path,
+              notes: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per per-example TSV (run × certifier × seed); paths must be <dataset>/<run>/seed<s>/certify/<c>.tsv.
+
+    `notes` maps run names to the config's caveats (`note`), which the tables print as footnotes beside the
+    method's own provenance (`SOURCE`) and the certifier's.
+    """
+    from .certify import CERTIFIER_NOTES
+    from .registry import get_method
+
+    notes = notes or {}
     rows = []
     for tsv in map(Path, tsv_files):
         match = TSV_PATH.search(tsv.as_posix())
@@ -61,7 +70,9 @@ def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path) 
                     "certify_device": meta["provenance"]["device_name"], "examples": len(frame),
                     "subset": "start {start}, skip {skip}, count {count}".format(**meta["subset"]),
                     "n0": meta["n0"], "n": meta["n"], "alpha": meta["alpha"], "max_radius": meta["max_radius"],
-                    "certify_file": tsv.as_posix()})
+                    "certify_file": tsv.as_posix(), "source": get_method(info["method"]).SOURCE,
+                    "certifier_note": CERTIFIER_NOTES.get(match["certifier"], ""),
+                    "note": notes.get(match["run"], "")})
         rows.append(row)
     summary = pd.DataFrame(rows).sort_values(["dataset", "method", "sigma", "run", "certifier", "seed"])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -72,9 +83,38 @@ def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path) 
 # ---------------------------------------------------------------- tables
 
 def _label(summary: pd.DataFrame) -> pd.Series:
-    """Run name, plus the certifier when a dataset has several."""
+    """Run name, plus the certifier when a run has several, plus footnote marks (see `footnotes`)."""
     several = summary.groupby("run")["certifier"].transform("nunique") > 1
-    return summary["run"].where(~several, summary["run"] + " (" + summary["certifier"] + ")")
+    label = summary["run"].where(~several, summary["run"] + " (" + summary["certifier"] + ")")
+    marks, _ = footnotes(summary)
+    return label + marks
+
+
+def _caveats(row) -> list[str]:
+    """What a reader must know about a row: a method without official code, a reconstructed certifier, a note."""
+    out = []
+    source = str(row.get("source", "") or "")
+    if source and not source.startswith("official code"):
+        out.append(f"{row['method']}: {source}")
+    for key in ("certifier_note", "note"):
+        text = row.get(key, "")
+        if isinstance(text, str) and text:
+            out.append(f"{row['certifier']}: {text}" if key == "certifier_note" else f"{row['run']}: {text}")
+    return out
+
+
+def footnotes(summary: pd.DataFrame) -> tuple[pd.Series, list[str]]:
+    """(" [1,2]"-style marks per row, numbered footnote lines) for the caveats of the summary's rows."""
+    texts: list[str] = []
+    marks = []
+    for _, row in summary.iterrows():
+        numbers = []
+        for caveat in _caveats(row):
+            if caveat not in texts:
+                texts.append(caveat)
+            numbers.append(texts.index(caveat) + 1)
+        marks.append(f" [{','.join(map(str, numbers))}]" if numbers else "")
+    return pd.Series(marks, index=summary.index, dtype=object), [f"[{i}] {t}" for i, t in enumerate(texts, 1)]
 
 
 def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -105,11 +145,18 @@ def _markdown(table: pd.DataFrame, floatfmt: str) -> str:
     return header + "".join("| " + " | ".join(row) + " |\n" for row in cells.itertuples(index=False))
 
 
-def _latex(table: pd.DataFrame, bold_best: list[str], caption: str) -> str:
+_TEX_SPECIAL = re.compile(r"[\\&%$#_{}]")
+
+
+def _tex_escape(text: str) -> str:
+    return _TEX_SPECIAL.sub(lambda m: r"\textbackslash{}" if m.group() == "\\" else "\\" + m.group(), text)
+
+
+def _latex(table: pd.DataFrame, bold_best: list[str], caption: str, notes: list[str] = ()) -> str:
     """booktabs table, 2-decimal values (3 for ACR), the best value per column in bold (Cohen's analyze.py style)."""
     def fmt(col, v):
         if not isinstance(v, float):
-            return str(v).replace("_", r"\_")
+            return _tex_escape(str(v))
         text = f"{v:.3f}" if col == "ACR" else f"{v:.2f}"
         return rf"\textbf{{{text}}}" if col in bold_best and v == table[col].max() and v > 0 else text
 
@@ -118,7 +165,9 @@ def _latex(table: pd.DataFrame, bold_best: list[str], caption: str) -> str:
              r"\begin{tabular}{" + "l" * 2 + "r" * (len(cols) - 2) + "}", r"\toprule",
              " & ".join(str(c).replace("_", r"\_") for c in cols) + r" \\", r"\midrule"]
     lines += [" & ".join(fmt(c, v) for c, v in zip(cols, row)) + r" \\" for row in table.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\par\smallskip\footnotesize " + _tex_escape(n) for n in notes]
+    lines += [r"\end{table}", ""]
     return "\n".join(lines)
 
 
@@ -134,6 +183,7 @@ def write_tables(summary: pd.DataFrame, tables_dir: str | Path) -> list[Path]:
     tables_dir.mkdir(parents=True, exist_ok=True)
     written = []
     protocol = _protocol(summary)
+    _, notes = footnotes(summary)
     acc, timing = accuracy_table(summary), timing_table(summary)
     radius_cols = [c for c in acc.columns if re.fullmatch(r"\d+\.\d+", str(c))]
     for name, table, bold, caption, floatfmt in (
@@ -142,8 +192,8 @@ def write_tables(summary: pd.DataFrame, tables_dir: str | Path) -> list[Path]:
             ("timing", timing, [], f"Training cost per run. {protocol}.", ".4g")):
         paths = [tables_dir / f"{name}.{ext}" for ext in ("csv", "md", "tex")]
         table.to_csv(paths[0], index=False)
-        paths[1].write_text(f"{caption}\n\n" + _markdown(table, floatfmt))
-        paths[2].write_text(_latex(table, bold, caption.replace("_", r"\_")))
+        paths[1].write_text(f"{caption}\n\n" + _markdown(table, floatfmt) + "".join(f"\n{n}\n" for n in notes))
+        paths[2].write_text(_latex(table, bold, caption.replace("_", r"\_"), notes))
         written += paths
     return written
 
@@ -165,6 +215,10 @@ def curves(summary: pd.DataFrame, radius_max: float, step: float = 0.01) -> pd.D
                         as_index=False)["certified_accuracy"].mean()
 
 
+#: One line style per method, as MACER's figures (MACER solid, Cohen dashed, Salman dotted); colours tell runs apart.
+LINESTYLES = {"macer": "-", "cohen": "--", "salman": ":", "feng": "-."}
+
+
 def plot_certified_accuracy(summary: pd.DataFrame, out_stem: str | Path, radius_max: float, title: str = "") -> list[Path]:
     """Certified accuracy vs ℓ2 radius, one line per run, in the papers' style; PNG and PDF."""
     import matplotlib
@@ -180,7 +234,8 @@ def plot_certified_accuracy(summary: pd.DataFrame, out_stem: str | Path, radius_
     palette = dict(zip(models_, sns.color_palette("colorblind", len(models_))))
     for model in models_:
         part = data[data["model"] == model]
-        ax.plot(part["radius"], part["certified_accuracy"], label=model, color=palette[model], linewidth=2)
+        ax.plot(part["radius"], part["certified_accuracy"], label=model, color=palette[model], linewidth=2,
+                linestyle=LINESTYLES.get(part["method"].iloc[0], "-"))
     ax.set(xlim=(0, radius_max), ylim=(0, 1), xlabel=r"radius ($\ell_2$)", ylabel="certified accuracy")
     ax.set_title(textwrap.fill(title or f"{summary['dataset'].iloc[0]}: certified accuracy vs radius", 60),
                  fontsize="medium")

@@ -29,7 +29,7 @@ from . import data, models
 from .checkpoint import save_model
 from .config import spec_json
 from .io import atomic_save, atomic_write_text, device_name, provenance, select_device, synchronize, write_json
-from .registry import StepResult, get_method
+from .registry import StepResult, descend, get_method
 
 LOG_COLUMNS = ("epoch", "train_seconds", "loss", "accuracy", "lr", "eval_seconds", "test_loss", "test_accuracy")
 STATE_FILE = Path("state") / "checkpoint.pt"
@@ -60,13 +60,9 @@ def build_scheduler(optimizer, cfg: dict):
     return sched.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
-def default_train_step(method, model, optimizer, x, y, hp) -> StepResult:
+def default_train_step(method, model, optimizer, x, y, hp, epoch: int) -> StepResult:
     """One draw, one loss, one optimizer step: what every method does unless it defines its own train_step."""
-    result = method.objective(model, x, y, method.draw(x, hp), hp)
-    optimizer.zero_grad(set_to_none=True)
-    result.loss.backward()
-    optimizer.step()
-    return result
+    return descend(optimizer, method.objective(model, x, y, method.draw(x, hp), hp))
 
 
 def training_fingerprint(spec: dict) -> str:
@@ -152,7 +148,7 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
                    disable=not progress, file=sys.stderr)
         for x, y in bar:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            result = step(model, optimizer, x, y, hp)
+            result = step(model, optimizer, x, y, hp, epoch)
             loss_sum += result.loss.detach() * result.count
             correct += result.correct
             count += result.count

@@ -25,3 +25,15 @@ def tiny_config(**train_overrides) -> dict:
 @pytest.fixture
 def tiny_spec():
     return mc.resolve_run(tiny_config(), "cohen-0.25", seed=0)
+
+
+def linear_model(weight, bias=None):
+    """A fixed linear classifier on flattened inputs, so tests can recompute its logits by hand with numpy."""
+    import torch
+
+    weight = torch.as_tensor(weight, dtype=torch.float64)
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0]).double()
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(torch.zeros(weight.shape[0]) if bias is None else torch.as_tensor(bias))
+    return torch.nn.Sequential(torch.nn.Flatten(), layer)

@@ -40,7 +40,7 @@ def with_(**changes) -> dict:
     (with_(dataset="cifar100"), "dataset", "cifar100"),
     (with_(train__schedule="multistep"), "runs.cohen-0.25.train.milestones", "needs milestones"),
     ({"runs": {}}, "runs", "non-empty"),
-    ({}, "<top level>", "'runs' is a required property"),
+    ({}, "<top level>", "give `runs` (named runs) and/or `grids`"),
 ])
 def test_bad_configs_name_the_field(cfg, field, words):
     with pytest.raises(mc.ConfigError) as err:

@@ -8,6 +8,7 @@ rule summarize:
         "results/{dataset}/summary.csv",
     params:
         radii=" ".join(str(r) for r in config["report"]["radii"]),
+        notes=json.dumps(mc.notes_of(config), sort_keys=True),
     log:
         "logs/summarize/{dataset}.log",
     benchmark:
@@ -19,7 +20,8 @@ rule summarize:
     conda:
         "../envs/methods.yaml"
     shell:
-        "python -m methods summarize --radii {params.radii} --out {output} {input.tsv} > {log} 2>&1"
+        "python -m methods summarize --radii {params.radii} --notes {params.notes:q} --out {output} {input.tsv}"
+        " > {log} 2>&1"
 
 
 rule report:
