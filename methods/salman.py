@@ -205,6 +205,27 @@ def train_step(model, optimizer, x, y, hp: Hparams, epoch: int) -> StepResult:
     return adversarial_train_step(model, optimizer, x, y, hp, epoch, objective, hp.num_noise)
 
 
+def paper_grid(dataset: str) -> list[dict]:
+    """The (attack, steps, num_noise, epsilon, sigma) of every model in the paper's committed result directories
+    (METHODS.md §2); config/{cifar10,imagenet}.yaml expand their grids to exactly these (a test checks)."""
+    import itertools
+
+    def product(attacks, steps, noises, eps256, sigmas):
+        return [dict(attack=a, steps=t, num_noise=m, epsilon=k / 256, sigma=s)
+                for a, t, m, k, s in itertools.product(attacks, steps, noises, eps256, sigmas)]
+
+    sigmas = (0.12, 0.25, 0.5, 1.0)
+    if dataset == "cifar10":
+        eps = (64, 127, 255, 512)
+        return (product(ATTACKS, (2, 4, 6, 8, 10), (1,), eps, sigmas)
+                + product(("pgd",), (2, 4, 10), (2, 4, 8), eps, sigmas)
+                + product(("ddn",), (4, 10), (2, 4, 8, 16), eps + (1024,), sigmas))
+    if dataset == "imagenet":
+        return (product(("pgd",), (1,), (1,), (127, 255, 512, 1024, 2048), sigmas)
+                + product(("ddn",), (2,), (1,), (127, 255, 512, 1024), sigmas))
+    raise ValueError(f"no SmoothAdv paper grid for {dataset!r}")
+
+
 #: The paper's training settings (METHODS.md §2), mirrored by the salman runs of config/{cifar10,imagenet}.yaml.
 PAPER = {
     "cifar10": dict(arch="cifar_resnet110", epochs=150, batch_size=256, lr=0.1, momentum=0.9, weight_decay=1e-4,

@@ -115,3 +115,37 @@ def test_unknown_certifier_is_refused(trained, tmp_path):
     model, spec = trained
     with pytest.raises(ValueError, match="unknown certifier"):
         certify_run(model, spec, tmp_path / "x.tsv", certifier="t-certify-typo", device="cpu")
+
+
+def test_t_certify_runs_on_the_same_draws_as_certify(trained, tmp_path):
+    """Both certifiers seed each example's noise from (seed, idx): they see the same counts, so their predictions
+    agree wherever both certify, and the T-CERTIFY sidecar records its split and its own cliff."""
+    from scipy.stats import norm
+
+    model, spec = trained
+    cohen = read_tsv(certify_run(model, spec, tmp_path / "cohen.tsv", device="cpu", progress=False))
+    t_out = certify_run(model, spec, tmp_path / "t-certify.tsv", certifier="t-certify", device="cpu", progress=False)
+    t_cert = read_tsv(t_out)
+    assert list(t_cert["idx"]) == list(cohen["idx"])
+    both = (cohen["predict"] >= 0) & (t_cert["predict"] >= 0)
+    assert both.any() and (cohen.loc[both, "predict"] == t_cert.loc[both, "predict"]).all()
+    meta = json.loads(t_out.with_suffix(".json").read_text())
+    assert meta["certifier"] == "t-certify" and meta["t_certify_split"] == pytest.approx([1 / 3] * 3)
+    # all n draws on A: p̲A = (α/3)^(1/n) and p̄B = p̄R = 1 − (α/3)^(1/n), so the cliff is σ·Φ⁻¹((α/3)^(1/n))
+    assert meta["max_radius"] == pytest.approx(0.25 * norm.ppf((0.001 / 3) ** (1 / 200)), rel=1e-9)
+    assert (t_cert["radius"] <= meta["max_radius"] + 1e-12).all()
+
+
+def test_paper_style_grid_certifier_writes_its_grid(trained, tmp_path):
+    model, spec = trained
+    out = certify_run(model, spec, tmp_path / "grid.tsv", certifier="t-certify-grid", device="cpu", progress=False)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert len(meta["t_certify_grid"]) == 6  # t_certify_grid_size 5 → (5-1)(5-2)/2 splits
+    assert all(sum(split) == pytest.approx(1) for split in meta["t_certify_grid"])
+    assert len(read_tsv(out)) == 8
+
+
+def test_unknown_certifier_is_refused(trained, tmp_path):
+    model, spec = trained
+    with pytest.raises(ValueError, match="unknown certifier"):
+        certify_run(model, spec, tmp_path / "x.tsv", certifier="bogus", device="cpu", progress=False)

@@ -122,3 +122,97 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip() == "error: config error at runs.x.certify.n0: n0 = 10 exceeds n = 5"
+
+
+# ---------------------------------------------------------------- grids, notes, the other methods' paper runs
+
+def _grid_config(**grid):
+    return {"grids": {"g": {"method": "salman", "name": "s-{attack}{steps}-eps{epsilon:.2f}",
+                            "hparams": {"attack": ["pgd", "ddn"], "steps": [2, 4], "epsilon": 0.5}, **grid}}}
+
+
+def test_grids_expand_to_one_run_per_combination():
+    cfg = mc.validate(_grid_config(train={"epochs": 7}, note="a caveat"))
+    assert sorted(cfg["runs"]) == ["s-ddn2-eps0.50", "s-ddn4-eps0.50", "s-pgd2-eps0.50", "s-pgd4-eps0.50"]
+    spec = mc.resolve_run(cfg, "s-ddn4-eps0.50", 0)
+    assert (spec["hparams"]["attack"], spec["hparams"]["steps"], spec["hparams"]["epsilon"]) == ("ddn", 4, 0.5)
+    assert spec["train"]["epochs"] == 7 and "grids" not in spec and "note" not in spec
+    assert mc.notes_of(cfg) == {name: "a caveat" for name in cfg["runs"]}
+
+
+@pytest.mark.parametrize("grid, words", [
+    ({"name": "s-{attack}"}, "run 's-pgd' is defined twice"),
+    ({"name": "s-{attack}-{k}"}, "{k} is not one of the grid's hparams"),
+    ({"name": "s/{attack}{steps}"}, "is not a valid run name"),
+    ({"hparams": {"steps": []}}, "an empty list sweeps nothing"),
+])
+def test_bad_grids_are_refused(grid, words):
+    with pytest.raises(mc.ConfigError, match="config error at grids.g") as err:
+        mc.validate(_grid_config(**grid))
+    assert words in str(err.value)
+
+
+def test_grid_run_may_not_shadow_a_named_run():
+    raw = _grid_config() | {"runs": {"s-pgd2-eps0.50": {"method": "cohen"}}}
+    with pytest.raises(mc.ConfigError, match="defined twice"):
+        mc.validate(raw)
+
+
+def test_t_certify_split_must_sum_to_one():
+    raw = {"certify": {"t_certify_split": [0.5, 0.25, 0.5]}, "runs": {"x": {"method": "cohen"}}}
+    with pytest.raises(mc.ConfigError, match="t_certify_split: the fractions of alpha must sum to 1"):
+        mc.validate(raw)
+
+
+def test_cifar10_config_lists_salmans_whole_paper_grid_with_its_recipe():
+    from methods import salman
+
+    for dataset in ("cifar10", "imagenet"):
+        cfg = mc.load(REPO / "config" / f"{dataset}.yaml")
+        specs = [mc.resolve_run(cfg, r, 0) for r in cfg["runs"] if cfg["runs"][r]["method"] == "salman"]
+        got = sorted(tuple(s["hparams"][k] for k in ("attack", "steps", "num_noise", "epsilon", "sigma"))
+                     for s in specs)
+        want = sorted(tuple(g[k] for k in ("attack", "steps", "num_noise", "epsilon", "sigma"))
+                      for g in salman.paper_grid(dataset))
+        assert got == want
+        paper = salman.PAPER[dataset]
+        for spec in specs:
+            assert spec["model"] == {"arch": paper["arch"], "normalization": "center"}
+            assert spec["hparams"]["warmup"] == paper["warmup"]
+            for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size", "gamma"):
+                if key in paper:
+                    assert spec["train"][key] == paper[key], key
+    assert "salman-pgd10-m8-eps1.00-0.25" in mc.load(REPO / "config" / "cifar10.yaml")["runs"]  # MACER's Salman-0.25
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenet"])
+def test_paper_configs_carry_macers_settings(dataset):
+    from methods import macer
+
+    paper = macer.PAPER[dataset]
+    cfg = mc.load(REPO / "config" / f"{dataset}.yaml")
+    specs = {r: mc.resolve_run(cfg, r, 0) for r in cfg["runs"] if cfg["runs"][r]["method"] == "macer"}
+    assert sorted(s["hparams"]["sigma"] for s in specs.values()) == [0.25, 0.5, 1.0]
+    for spec in specs.values():
+        assert spec["model"]["arch"] == paper["arch"]
+        if "normalization" in paper:
+            assert spec["model"]["normalization"] == paper["normalization"]
+        assert {k: spec["hparams"][k] for k in ("k", "gamma", "beta")} == {k: paper[k] for k in ("k", "gamma", "beta")}
+        train = spec["train"]
+        assert (train["epochs"], train["lr"], train["schedule"], train["milestones"], train["gamma"]) == (
+            paper["epochs"], paper["lr"], "multistep", paper["milestones"], paper["gamma_lr"])
+        for key in ("batch_size", "momentum", "weight_decay"):
+            if key in paper:
+                assert train[key] == paper[key], key
+        if spec["hparams"]["sigma"] in paper.get("lam", {}):
+            assert spec["hparams"]["lam"] == paper["lam"][spec["hparams"]["sigma"]]
+    if dataset == "cifar10":
+        assert {s["certify"]["start"] for s in specs.values()} == {500}  # MACER's test images 500–999
+    assert all(run in mc.notes_of(cfg) for run, s in specs.items() if s["hparams"]["sigma"] == 1.0)
+
+
+def test_paper_configs_certify_feng_runs_with_every_certifier():
+    for dataset in ("cifar10", "imagenet"):
+        cfg = mc.load(REPO / "config" / f"{dataset}.yaml")
+        fengs = [mc.resolve_run(cfg, r, 0) for r in cfg["runs"] if cfg["runs"][r]["method"] == "feng"]
+        assert fengs and all(s["certify"]["certifiers"] == ["cohen", "t-certify", "t-certify-grid"] for s in fengs)

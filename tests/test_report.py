@@ -30,23 +30,24 @@ def test_acr_ignores_radii_of_wrong_predictions():
     assert certified_accuracy(frame, 0.8) == pytest.approx(1 / 5)
 
 
-def _fake_results(root: Path, runs: dict[str, tuple[float, list[list[float]]]]) -> list[Path]:
+def _fake_results(root: Path, runs: dict[str, tuple[float, list[list[float]]]], method: str = "cohen",
+                  certifier: str = "cohen") -> list[Path]:
     """results/<dataset>/<run>/seed<s>/certify/cohen.{tsv,json} + train_log.tsv, one radius list per seed."""
     tsvs = []
     for run, (sigma, seeds) in runs.items():
         for seed, radii in enumerate(seeds):
             d = root / "digits" / run / f"seed{seed}"
-            (d / "certify").mkdir(parents=True)
+            (d / "certify").mkdir(parents=True, exist_ok=True)
             frame = pd.DataFrame({"idx": range(len(radii)), "label": 0, "predict": 0, "radius": radii,
                                   "correct": [int(r > 0) for r in radii], "time": 0.5})
-            frame.to_csv(d / "certify" / "cohen.tsv", sep="\t", index=False)
-            (d / "certify" / "cohen.json").write_text(json.dumps({
+            frame.to_csv(d / "certify" / f"{certifier}.tsv", sep="\t", index=False)
+            (d / "certify" / f"{certifier}.json").write_text(json.dumps({
                 "sigma": sigma, "n0": 100, "n": 1000, "alpha": 0.001, "max_radius": 2.0,
                 "subset": {"start": 0, "skip": 1, "count": None, "examples": len(radii)},
-                "model_info": {"method": "cohen", "device": "cpu"}, "provenance": {"device_name": "cpu (test)"}}))
+                "model_info": {"method": method, "device": "cpu"}, "provenance": {"device_name": "cpu (test)"}}))
             pd.DataFrame({"epoch": [1, 2], "train_seconds": [1.0, 3.0], "eval_seconds": [0.5, 0.5]}).to_csv(
                 d / "train_log.tsv", sep="\t", index=False)
-            tsvs.append(d / "certify" / "cohen.tsv")
+            tsvs.append(d / "certify" / f"{certifier}.tsv")
     return tsvs
 
 
@@ -104,3 +105,21 @@ def test_tables_keep_runs_without_a_sigma(tmp_path):
     from methods.report import accuracy_table
 
     assert set(accuracy_table(summary)["model"]) == {"cohen-0.25", "linf"}
+
+
+def test_tables_footnote_reconstructed_methods_certifiers_and_run_notes(tmp_path):
+    root = tmp_path / "results"
+    tsvs = (_fake_results(root, {"cohen-0.25": (0.25, [[0.3, 0.0]])})
+            + _fake_results(root, {"feng-0.25": (0.25, [[0.4, 0.1]])}, method="feng")
+            + _fake_results(root, {"feng-0.25": (0.25, [[0.5, 0.1]])}, method="feng", certifier="t-certify"))
+    summary = summarize(tsvs, [0.0], tmp_path / "summary.csv", notes={"cohen-0.25": "lambda_x unverified & 50%"})
+    assert summary.set_index(["run", "certifier"]).loc[("feng-0.25", "t-certify"), "source"].startswith("reconstructed")
+    report(tmp_path / "summary.csv", tmp_path / "figures", tmp_path / "tables", radius_max=1.0)
+    markdown = (tmp_path / "tables" / "certified_accuracy.md").read_text()
+    models = list(pd.read_csv(tmp_path / "tables" / "certified_accuracy.csv")["model"])
+    assert models == ["cohen-0.25 [1]", "feng-0.25 (cohen) [2]", "feng-0.25 (t-certify) [2,3]"]
+    assert "[1] cohen-0.25: lambda_x unverified & 50%" in markdown
+    assert "[2] feng: reconstructed: no official code" in markdown
+    assert "[3] t-certify: Feng et al.'s T-CERTIFY, reconstructed" in markdown
+    tex = (tmp_path / "tables" / "certified_accuracy.tex").read_text()
+    assert r"lambda\_x unverified \& 50\%" in tex  # escaped for LaTeX

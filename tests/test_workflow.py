@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SMOKE_RUNS = ("cohen-0.12", "cohen-0.25", "cohen-0.50", "salman-0.25", "macer-0.25", "feng-0.25")
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -36,16 +37,24 @@ def test_smoke_dag_leaves_figure_tables_and_summary(smoke_run):
     for table in ("certified_accuracy", "timing"):
         for ext in ("md", "tex", "csv"):
             assert (smoke_run / f"results/digits/tables/{table}.{ext}").stat().st_size > 0
-    for run in ("cohen-0.12", "cohen-0.25", "cohen-0.50"):
+    for run in SMOKE_RUNS:
         assert (smoke_run / f"logs/train/digits/{run}/seed0.log").exists()
         assert (smoke_run / f"logs/benchmarks/certify/digits/{run}/seed0/cohen.tsv").exists()
+    for run in ("cohen-0.25", "feng-0.25"):
+        assert (smoke_run / f"results/digits/{run}/seed0/certify/t-certify.tsv").stat().st_size > 0
+    markdown = (smoke_run / "results/digits/tables/certified_accuracy.md").read_text()
+    assert "feng: reconstructed" in markdown and "t-certify: Feng et al.'s T-CERTIFY, reconstructed" in markdown
 
 
 @pytest.mark.slow
 def test_smoke_models_are_accurate_and_robust_as_in_the_papers(smoke_run):
     """Clean accuracy well above chance, positive ACR, and accuracy at radius 0 falling from σ = 0.25 to 0.5."""
-    summary = pd.read_csv(smoke_run / "results/digits/summary.csv").set_index("run")
-    assert set(summary.index) == {"cohen-0.12", "cohen-0.25", "cohen-0.50"}
+    rows = pd.read_csv(smoke_run / "results/digits/summary.csv")
+    assert sorted(rows.groupby("run")["certifier"].apply(lambda c: ",".join(sorted(c))).items()) == sorted(
+        {run: "cohen" for run in SMOKE_RUNS} | {"cohen-0.25": "cohen,t-certify", "feng-0.25": "cohen,t-certify"}
+        .items())
+    assert set(rows["method"]) == {"cohen", "salman", "macer", "feng"}
+    summary = rows[rows["certifier"] == "cohen"].set_index("run")
     assert (summary["clean_acc"] > 0.5).all()          # chance is 0.1
     assert (summary["acr"] > 0).all()
     assert summary.loc["cohen-0.25", "certified_acc@0.00"] > summary.loc["cohen-0.50", "certified_acc@0.00"]
@@ -62,14 +71,21 @@ def test_rerun_has_nothing_to_do_and_a_config_change_reruns_only_what_it_touches
     changed.write_text((smoke_run / "config.yaml").read_text().replace("n: 10000", "n: 5000"))
     out = snakemake(smoke_run, "-n", "--quiet", "rules", "--configfile", str(changed))
     jobs = dict(parts for parts in map(str.split, out.stdout.splitlines()) if len(parts) == 2 and parts[1].isdigit())
-    assert "train" not in jobs and jobs["certify"] == "3", out.stdout
+    assert "train" not in jobs and jobs["certify"] == str(len(SMOKE_RUNS) + 2), out.stdout
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
 def test_every_shipped_config_builds_its_dag(tmp_path, name):
-    out = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / name), timeout=300)
+    """A dry run lists one train job per run × seed and one certify job per configured certifier."""
+    from methods import config as mc
+
+    cfg = mc.load(REPO / "config" / name)
+    out = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", str(REPO / "config" / name), timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "train" in out.stdout and "certify" in out.stdout
+    jobs = dict(parts for parts in map(str.split, out.stdout.splitlines()) if len(parts) == 2 and parts[1].isdigit())
+    runs = mc.runs_of(cfg)
+    certificates = sum(len(mc.resolve_run(cfg, run, seed)["certify"]["certifiers"]) for _, run, seed in runs)
+    assert jobs["train"] == str(len(runs)) and jobs["certify"] == str(certificates), out.stdout[-2000:]
 
 
 def test_lint_is_clean():
