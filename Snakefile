@@ -36,7 +36,7 @@ rule all:
         expand(
             "results/{dataset}/tables/{table}.{ext}",
             dataset=DATASETS,
-            table=("certified_accuracy", "timing"),
+            table=("certified_accuracy", "timing", "envelope"),
             ext=("md", "tex", "csv"),
         ),
     default_target: True

@@ -96,6 +96,21 @@ def cmd_report(args) -> None:
         print(f"wrote {path}")
 
 
+def cmd_bench_train(args) -> None:
+    from . import config
+    from .bench_train import bench, format_rows
+
+    cfg = config.load(args.configfile)
+    specs = []
+    for name in args.run:
+        spec = config.resolve_run(cfg, name, 0)
+        if args.batch_size:
+            spec["train"]["batch_size"] = args.batch_size
+        specs.append(spec)
+    _setup_threads(args)
+    print(format_rows(bench(specs, args.dataset or specs[0]["dataset"], args.steps, args.warmup, args.device)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m methods", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,6 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--radius-max", type=float, default=1.5)
     p.add_argument("--title", default="")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench-train", help="sec/batch and sec/epoch of several runs' training steps, side by side")
+    p.add_argument("--configfile", help="config YAML (default: config/config.yaml)")
+    p.add_argument("--run", action="append", required=True, help="run name (repeat; the first is the baseline)")
+    p.add_argument("--dataset", help="shape to time on (e.g. synthetic-cifar10; default: the run's dataset)")
+    p.add_argument("--batch-size", type=int, help="override the runs' batch size")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_bench_train)
 
     args = parser.parse_args(argv)
     from .config import ConfigError

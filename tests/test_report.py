@@ -68,7 +68,8 @@ def test_summary_tables_and_figure(tmp_path):
     written = report(tmp_path / "summary.csv", tmp_path / "figures", tmp_path / "tables", radius_max=1.5)
     assert {p.name for p in written} == {"certified_accuracy.png", "certified_accuracy.pdf",
                                          "certified_accuracy.csv", "certified_accuracy.md", "certified_accuracy.tex",
-                                         "timing.csv", "timing.md", "timing.tex"}
+                                         "timing.csv", "timing.md", "timing.tex",
+                                         "envelope.csv", "envelope.md", "envelope.tex"}
     assert all(p.stat().st_size > 0 for p in written)
     table = pd.read_csv(tmp_path / "tables" / "certified_accuracy.csv")
     seeds_mean = table.set_index("model").loc["cohen-0.25"]
@@ -123,3 +124,16 @@ def test_tables_footnote_reconstructed_methods_certifiers_and_run_notes(tmp_path
     assert "[3] t-certify: Feng et al.'s T-CERTIFY, reconstructed" in markdown
     tex = (tmp_path / "tables" / "certified_accuracy.tex").read_text()
     assert r"lambda\_x unverified \& 50\%" in tex  # escaped for LaTeX
+
+
+def test_envelope_takes_the_best_run_at_each_radius(tmp_path):
+    tsvs = _fake_results(tmp_path / "results", {"cohen-0.25": (0.25, [[0.3, 0.6, 0.0, 0.9], [0.3, 0.0, 0.0, 0.9]]),
+                                                "cohen-0.50": (0.5, [[1.2, 0.1, 0.0, 0.0]])})
+    summary = summarize(tsvs, [0.0, 0.5, 1.0], tmp_path / "summary.csv")
+    from methods.report import envelope_table
+
+    row = envelope_table(summary).iloc[0]
+    assert (row["method"], row["certifier"], row["runs"]) == ("cohen", "cohen", 2)
+    # r = 0: cohen-0.25 (seed mean 0.625) beats 0.5; r = 0.5: 0.375 beats 0.25; r = 1.0: only cohen-0.50 (0.25)
+    assert (row["0.00"], row["0.50"], row["1.00"]) == (0.625, 0.375, 0.25)
+    assert row["best"] == "0.00: cohen-0.25; 0.50: cohen-0.25; 1.00: cohen-0.50"

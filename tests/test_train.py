@@ -145,3 +145,17 @@ def test_noisy_training_learns_digits(tmp_path):
     log = pd.read_csv(tmp_path / "train_log.tsv", sep="\t")
     assert log["test_accuracy"].iloc[-1] > 0.6
     assert F.softmax(torch.zeros(10), 0)[0] == pytest.approx(0.1)  # chance level, for the reader
+
+
+def test_bench_train_times_each_methods_own_step():
+    """bench-train runs every method's real train_step (SmoothAdv's attack included) and reports ratios."""
+    from methods.bench_train import bench, format_rows
+
+    raw = mc.yaml.safe_load((mc.DEFAULT_CONFIG).read_text())
+    cfg = mc.validate(raw)
+    specs = [mc.resolve_run(cfg, run, 0) for run in ("cohen-0.25", "salman-0.25")]
+    rows = bench(specs, "digits", steps=1, warmup=0, device="cpu")
+    assert [r["run"] for r in rows] == ["cohen-0.25", "salman-0.25"]
+    assert rows[0]["ratio_to_first"] == 1.0 and all(r["sec_per_batch"] > 0 for r in rows)
+    assert rows[1]["sec_per_epoch"] == pytest.approx(rows[1]["sec_per_batch"] * 21)  # ⌈1297 / 64⌉ batches
+    assert "salman-0.25" in format_rows(rows)

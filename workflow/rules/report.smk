@@ -33,6 +33,7 @@ rule report:
         figure=multiext("figures/{dataset}/certified_accuracy", ".png", ".pdf"),
         accuracy=multiext("results/{dataset}/tables/certified_accuracy", ".md", ".tex", ".csv"),
         timing=multiext("results/{dataset}/tables/timing", ".md", ".tex", ".csv"),
+        envelope=multiext("results/{dataset}/tables/envelope", ".md", ".tex", ".csv"),
     params:
         radius_max=config["report"]["radius_max"],
         title=config["report"]["title"],
