@@ -112,7 +112,7 @@ def expand_grids(grids: dict, runs: dict) -> dict:
                 raise ConfigError(f"config error at {where}: run {name!r} is defined twice (names must differ, "
                                   f"e.g. include every swept hparam in the name)")
             out[name] = {"method": grid["method"], "hparams": hparams,
-                         **{k: copy.deepcopy(grid[k]) for k in (*RUN_OVERRIDES, "note") if k in grid}}
+                         **{k: copy.deepcopy(grid[k]) for k in (*RUN_OVERRIDES, "note", "resources") if k in grid}}
     return out
 
 
@@ -200,6 +200,12 @@ def notes_of(config: dict) -> dict[str, str]:
     """Each run's caveat (`note`), for the report's footnotes; notes are not part of a spec, so editing one
     re-renders the tables without retraining."""
     return {name: run["note"] for name, run in config["runs"].items() if run.get("note")}
+
+
+def run_resource(config: dict, run: str | None, step: str, key: str):
+    """A job's request: the run's own `resources.<step>.<key>` if it sets one, else the experiment's."""
+    override = (config["runs"][run].get("resources", {}) if run else {}).get(step, {})
+    return override.get(key, config["resources"][step][key])
 
 
 def runs_of(config: dict) -> list[tuple[str, str, int]]:

@@ -141,7 +141,7 @@ def envelope_table(summary: pd.DataFrame) -> pd.DataFrame:
         for col in radius_cols:
             order = group.sort_values([col, radius_cols[0]], ascending=False, kind="stable")
             row[col.split("@")[1]] = float(order[col].iloc[0])
-            best.append(f"{col.split('@')[1]}: {order['run'].iloc[0]}")
+            best.append(f"{col.split('@')[1]}: {order['run'].iloc[0] if order[col].iloc[0] > 0 else '-'}")
         row["best"] = "; ".join(best)
         rows.append(row)
     return pd.DataFrame(rows)

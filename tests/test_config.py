@@ -216,3 +216,16 @@ def test_paper_configs_certify_feng_runs_with_every_certifier():
         cfg = mc.load(REPO / "config" / f"{dataset}.yaml")
         fengs = [mc.resolve_run(cfg, r, 0) for r in cfg["runs"] if cfg["runs"][r]["method"] == "feng"]
         assert fengs and all(s["certify"]["certifiers"] == ["cohen", "t-certify", "t-certify-grid"] for s in fengs)
+
+
+def test_run_resources_override_the_experiments():
+    raw = {"resources": {"train": {"runtime": 60, "threads": 2}},
+           "runs": {"long": {"method": "macer", "resources": {"train": {"runtime": 600}}}, "short": {"method": "cohen"}}}
+    cfg = mc.validate(raw)
+    assert mc.run_resource(cfg, "long", "train", "runtime") == 600
+    assert mc.run_resource(cfg, "long", "train", "threads") == 2
+    assert mc.run_resource(cfg, "short", "train", "runtime") == 60
+    assert mc.run_resource(cfg, None, "report", "runtime") == 60  # the schema default
+    assert "resources" not in mc.resolve_run(cfg, "long", 0)  # requests never change what a job computes
+    with pytest.raises(mc.ConfigError, match="runs.long.resources.train"):
+        mc.validate({"runs": {"long": {"method": "cohen", "resources": {"train": {"runtime": 0}}}}})

@@ -92,3 +92,18 @@ def test_lint_is_clean():
     out = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stdout[-3000:]
+
+
+def test_a_run_may_ask_for_its_own_resources(tmp_path):
+    """MACER's 440 epochs need a longer SLURM runtime than Cohen's 90: the run's `resources` override reaches the job."""
+    out = snakemake(tmp_path, "-n", "results/cifar10/macer-0.25/seed0/model.pt",
+                    "results/cifar10/cohen-0.25/seed0/model.pt", "--configfile", str(REPO / "config" / "cifar10.yaml"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    runtimes = {}
+    run = None
+    for line in out.stdout.splitlines():
+        if "wildcards:" in line:
+            run = line.split("run=")[1].split(",")[0]
+        if "resources:" in line and run:
+            runtimes[run] = line.split("runtime=")[1].split(",")[0]
+    assert runtimes == {"macer-0.25": "2880", "cohen-0.25": "240"}

@@ -55,5 +55,8 @@ def train_logs(dataset):
 
 
 def res(step, key):
-    """A resource of the config's `resources.<step>` section (threads, mem_mb, runtime in minutes, gpu)."""
-    return config["resources"][step][key]
+    """A job's request (threads, mem_mb, runtime in minutes, gpu): the run's `resources.<step>` where it sets one,
+    else the config's `resources.<step>`. Per-run jobs get a function of the wildcards, the report steps a value."""
+    if step == "report":
+        return mc.run_resource(config, None, step, key)
+    return lambda wildcards: mc.run_resource(config, wildcards.run, step, key)
