@@ -9,12 +9,13 @@ Loss = (Σ l_C + λ Σ l_R) / B, over the whole batch. Gradients flow through Φ
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from .noise import gaussian_copies, noisy_logits, soft_smoothed
-from .registry import HparamError, StepResult, require_positive
+from .registry import HparamError, StepResult, descend, require_positive
 
 THREAT_MODEL = "l2-smoothing"
 SOURCE = "official code (RuntianZ/macer)"
@@ -29,11 +30,16 @@ class Hparams:
     gamma: float = 8.0  # hinge threshold on ξ
     beta: float = 16.0  # inverse temperature of the surrogate's softmax
     lam: float = 12.0  # λ, weight of the robustness term (12 at σ = 0.25, 4 at σ = 0.5 on CIFAR-10)
+    # λ = 0 for epochs < deferred_epochs: Jeong & Shin's "deferred MACER" (a reimplementation's option, not
+    # MACER's own rule, METHODS.md §3); 0 = MACER as published.
+    deferred_epochs: int = 0
 
     def __post_init__(self):
         require_positive(self, "sigma", "k", "gamma", "beta")
         if not self.lam >= 0:
             raise HparamError("lam", f"must be >= 0, got {self.lam!r}")
+        if not self.deferred_epochs >= 0:
+            raise HparamError("deferred_epochs", f"must be >= 0, got {self.deferred_epochs!r}")
 
 
 def draw(x, hp: Hparams):
@@ -61,6 +67,13 @@ def objective(model, x, y, noise, hp: Hparams) -> StepResult:
     robustness = robustness_terms(soft_smoothed(logits, hp.beta), y, hp.sigma, hp.gamma)
     loss = (classification.sum() + hp.lam * robustness.sum()) / len(x)
     return StepResult(loss, (probs.argmax(1) == y).sum(), len(y))
+
+
+def train_step(model, optimizer, x, y, hp: Hparams, epoch: int) -> StepResult:
+    """One draw, one step; the robustness term is off while epoch < deferred_epochs (0 by default: never)."""
+    if epoch < hp.deferred_epochs:
+        hp = dataclasses.replace(hp, lam=0.0)
+    return descend(optimizer, objective(model, x, y, draw(x, hp), hp))
 
 
 #: The paper's training settings (METHODS.md §3), mirrored by the macer runs of config/{cifar10,imagenet}.yaml.

@@ -110,3 +110,18 @@ def test_hparams_validation():
         macer.Hparams(lam=-1)
     with pytest.raises(HparamError, match="k"):
         macer.Hparams(k=0)
+
+
+def test_deferred_macer_trains_without_the_robustness_term_until_its_epoch(batch, monkeypatch):
+    seen = []
+    real = macer.objective
+    monkeypatch.setattr(macer, "objective", lambda m, x, y, n, hp: (seen.append(hp.lam), real(m, x, y, n, hp))[1])
+    model = linear_model(W)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    x, y, _ = _torch(*batch)
+    hp = macer.Hparams(sigma=0.5, k=4, lam=12.0, deferred_epochs=2)
+    for epoch in range(4):
+        macer.train_step(model, optimizer, x, y, hp, epoch)
+    assert seen == [0.0, 0.0, 12.0, 12.0]
+    macer.train_step(model, optimizer, x, y, macer.Hparams(sigma=0.5, k=4), 0)
+    assert seen[-1] == 12.0  # the default: MACER as published, λ from the first epoch
