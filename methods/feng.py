@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from . import salman
-from .noise import gaussian_copies, noisy_logits, soft_smoothed
-from .registry import HparamError, StepResult, descend, require_positive
+from .noise import gaussian_copies, noisy_cross_entropy, noisy_logits, soft_smoothed
+from .registry import StepResult, descend, require_choice, require_non_negative, require_positive
 
 THREAT_MODEL = "l2-smoothing"
 SOURCE = "reconstructed: no official code; the abstract and an independent reimplementation (METHODS.md §4)"
@@ -42,10 +42,8 @@ class Hparams:
 
     def __post_init__(self):
         require_positive(self, "sigma", "k", "steps", "epsilon", "warmup")
-        if not self.lam >= 0:
-            raise HparamError("lam", f"must be >= 0, got {self.lam!r}")
-        if self.attack not in salman.ATTACKS:
-            raise HparamError("attack", f"must be one of {', '.join(salman.ATTACKS)}, got {self.attack!r}")
+        require_non_negative(self, "lam")
+        require_choice(self, "attack", salman.ATTACKS)
 
 
 def draw(x, hp: Hparams):
@@ -59,8 +57,7 @@ def strongest_wrong_probability(probs: torch.Tensor, y: torch.Tensor) -> torch.T
 
 def objective(model, x, y, noise, hp: Hparams) -> StepResult:
     logits = noisy_logits(model, x, noise)  # (B, k, C)
-    targets = y[:, None].expand(-1, logits.shape[1])
-    noisy_ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    noisy_ce = noisy_cross_entropy(logits, y)
     probs = soft_smoothed(logits)
     regularizer = torch.log(strongest_wrong_probability(probs, y) + 1e-10).mean()
     return StepResult(noisy_ce + hp.lam * regularizer, (probs.argmax(1) == y).sum(), len(y))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .noise import gaussian_copies, noisy_logits, soft_smoothed
-from .registry import HparamError, StepResult, descend, require_positive
+from .registry import StepResult, descend, require_non_negative, require_positive
 
 THREAT_MODEL = "l2-smoothing"
 SOURCE = "official code (RuntianZ/macer)"
@@ -36,10 +36,7 @@ class Hparams:
 
     def __post_init__(self):
         require_positive(self, "sigma", "k", "gamma", "beta")
-        if not self.lam >= 0:
-            raise HparamError("lam", f"must be >= 0, got {self.lam!r}")
-        if not self.deferred_epochs >= 0:
-            raise HparamError("deferred_epochs", f"must be >= 0, got {self.deferred_epochs!r}")
+        require_non_negative(self, "lam", "deferred_epochs")
 
 
 def draw(x, hp: Hparams):

@@ -5,6 +5,7 @@ Drawn and evaluated here once for every method (Cohen, SmoothAdv, MACER, Feng) a
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def gaussian(shape, sigma: float, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -27,3 +28,8 @@ def noisy_logits(model: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor) -
 def soft_smoothed(logits: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     """Monte-Carlo soft smoothed classifier G(x) = mean over the k draws of softmax(β·f(x + δ)): (B, k, C) → (B, C)."""
     return torch.softmax(beta * logits, dim=-1).mean(dim=1)
+
+
+def noisy_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of every noisy copy against its example's label: (B, k, C) logits → scalar."""
+    return F.cross_entropy(logits.flatten(0, 1), y.repeat_interleave(logits.shape[1]))

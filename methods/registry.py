@@ -61,6 +61,19 @@ def require_positive(hp, *fields: str) -> None:
             raise HparamError(name, f"must be > 0, got {value!r}")
 
 
+def require_non_negative(hp, *fields: str) -> None:
+    for name in fields:
+        value = getattr(hp, name)
+        if not value >= 0:
+            raise HparamError(name, f"must be >= 0, got {value!r}")
+
+
+def require_choice(hp, field: str, choices) -> None:
+    value = getattr(hp, field)
+    if value not in choices:
+        raise HparamError(field, f"must be one of {', '.join(choices)}, got {value!r}")
+
+
 def get_method(name: str) -> ModuleType:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r} (known: {', '.join(METHODS)})")

@@ -17,10 +17,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from .noise import gaussian_copies, noisy_logits, soft_smoothed
-from .registry import HparamError, StepResult, descend, require_positive
+from .noise import gaussian_copies, noisy_cross_entropy, noisy_logits, soft_smoothed
+from .registry import StepResult, descend, require_choice, require_positive
 
 THREAT_MODEL = "l2-smoothing"
 SOURCE = "official code (Hadisalman/smoothing-adversarial)"
@@ -42,8 +41,7 @@ class Hparams:
 
     def __post_init__(self):
         require_positive(self, "sigma", "steps", "epsilon", "num_noise", "warmup")
-        if self.attack not in ATTACKS:
-            raise HparamError("attack", f"must be one of {', '.join(ATTACKS)}, got {self.attack!r}")
+        require_choice(self, "attack", ATTACKS)
 
 
 def warmed_up_epsilon(epsilon: float, warmup: int, epoch: int) -> float:
@@ -175,9 +173,7 @@ def draw(x, hp: Hparams):
 def objective(model, x, y, noise, hp: Hparams) -> StepResult:
     """Mean cross-entropy over the m noisy copies of (attacked) x: with m = 1 Cohen's loss at x̂."""
     logits = noisy_logits(model, x, noise)
-    targets = y[:, None].expand(-1, logits.shape[1])
-    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-    return StepResult(loss, (logits.argmax(-1) == targets).sum(), targets.numel())
+    return StepResult(noisy_cross_entropy(logits, y), (logits.argmax(-1) == y[:, None]).sum(), logits.shape[:2].numel())
 
 
 def adversarial_train_step(model, optimizer, x, y, hp, epoch: int, objective, num_noise: int) -> StepResult:

@@ -144,8 +144,3 @@ def test_paper_style_grid_certifier_writes_its_grid(trained, tmp_path):
     assert all(sum(split) == pytest.approx(1) for split in meta["t_certify_grid"])
     assert len(read_tsv(out)) == 8
 
-
-def test_unknown_certifier_is_refused(trained, tmp_path):
-    model, spec = trained
-    with pytest.raises(ValueError, match="unknown certifier"):
-        certify_run(model, spec, tmp_path / "x.tsv", certifier="bogus", device="cpu", progress=False)
