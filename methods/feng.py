@@ -63,7 +63,7 @@ def objective(model, x, y, noise, hp: Hparams) -> StepResult:
     return StepResult(noisy_ce + hp.lam * regularizer, (probs.argmax(1) == y).sum(), len(y))
 
 
-def train_step(model, optimizer, x, y, hp: Hparams, epoch: int) -> StepResult:
+def train_step(model, optimizer, x, y, hp: Hparams, epoch: float) -> StepResult:
     if hp.adversarial:
         return salman.adversarial_train_step(model, optimizer, x, y, hp, epoch, objective, hp.k)
     return descend(optimizer, objective(model, x, y, draw(x, hp), hp))

@@ -66,7 +66,7 @@ def objective(model, x, y, noise, hp: Hparams) -> StepResult:
     return StepResult(loss, (probs.argmax(1) == y).sum(), len(y))
 
 
-def train_step(model, optimizer, x, y, hp: Hparams, epoch: int) -> StepResult:
+def train_step(model, optimizer, x, y, hp: Hparams, epoch: float) -> StepResult:
     """One draw, one step; the robustness term is off while epoch < deferred_epochs (0 by default: never)."""
     if epoch < hp.deferred_epochs:
         hp = dataclasses.replace(hp, lam=0.0)

@@ -8,7 +8,9 @@ A method is one module under `methods/` that defines:
 - ``objective(model, x, y, draws, hp) -> StepResult``: the training loss, a pure function of its arguments, so a
   test can fix the draws and compare the loss with a hand computation;
 - optionally ``train_step(model, optimizer, x, y, hp, epoch) -> StepResult`` when one loader batch is more than one
-  draw + one optimizer step (SmoothAdv's attack and its m mini-batches; `epoch` counts from 0, for warm-ups).
+  draw + one optimizer step (SmoothAdv's attack and its m mini-batches). `epoch` is the progress in epochs, from 0:
+  the epoch index plus the fraction of its batches already done (3.25 = a quarter into the fourth epoch), so
+  per-epoch warm-ups use floor(epoch) and per-batch schedules (ℓ∞-dist nets' p) use it as it is.
   The shared loop in `methods.train` owns everything else.
 - ``SOURCE``: where the implementation's details come from ("official code", or "reconstructed: …" when there was
   no official code); the report's tables carry it as a footnote.

@@ -44,9 +44,10 @@ class Hparams:
         require_choice(self, "attack", ATTACKS)
 
 
-def warmed_up_epsilon(epsilon: float, warmup: int, epoch: int) -> float:
-    """εₑ = min(ε, (e + 1)·ε / warmup) for epoch e counted from 0 (the README's --warmup 10)."""
-    return min(epsilon, (epoch + 1) * epsilon / warmup)
+def warmed_up_epsilon(epsilon: float, warmup: int, epoch: float) -> float:
+    """εₑ = min(ε, (e + 1)·ε / warmup) for epoch e counted from 0 (the README's --warmup 10); constant within an
+    epoch, as the reference sets it once per epoch (`epoch` may be fractional progress)."""
+    return min(epsilon, (math.floor(epoch) + 1) * epsilon / warmup)
 
 
 def soft_smoothed_nll_from_logits(logits, y) -> torch.Tensor:
@@ -176,7 +177,7 @@ def objective(model, x, y, noise, hp: Hparams) -> StepResult:
     return StepResult(noisy_cross_entropy(logits, y), (logits.argmax(-1) == y[:, None]).sum(), logits.shape[:2].numel())
 
 
-def adversarial_train_step(model, optimizer, x, y, hp, epoch: int, objective, num_noise: int) -> StepResult:
+def adversarial_train_step(model, optimizer, x, y, hp, epoch: float, objective, num_noise: int) -> StepResult:
     """SmoothAdv's training procedure around any objective(model, x̂, y, noise, hp).
 
     With m = num_noise > 1 the loader batch is split into mini-batches of ⌊B/m⌋ images (plus a remainder
@@ -197,7 +198,7 @@ def adversarial_train_step(model, optimizer, x, y, hp, epoch: int, objective, nu
     return StepResult(loss_sum / count, correct, count)
 
 
-def train_step(model, optimizer, x, y, hp: Hparams, epoch: int) -> StepResult:
+def train_step(model, optimizer, x, y, hp: Hparams, epoch: float) -> StepResult:
     return adversarial_train_step(model, optimizer, x, y, hp, epoch, objective, hp.num_noise)
 
 

@@ -60,7 +60,7 @@ def build_scheduler(optimizer, cfg: dict):
     return sched.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
-def default_train_step(method, model, optimizer, x, y, hp, epoch: int) -> StepResult:
+def default_train_step(method, model, optimizer, x, y, hp, epoch: float) -> StepResult:
     """One draw, one loss, one optimizer step: what every method does unless it defines its own train_step."""
     return descend(optimizer, method.objective(model, x, y, method.draw(x, hp), hp))
 
@@ -146,9 +146,10 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
         t0 = time.perf_counter()
         bar = tqdm(loader, desc=f"{spec['run']} seed{seed} epoch {epoch + 1}/{epochs}", leave=False,
                    disable=not progress, file=sys.stderr)
-        for x, y in bar:
+        batches = len(loader)
+        for i, (x, y) in enumerate(bar):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            result = step(model, optimizer, x, y, hp, epoch)
+            result = step(model, optimizer, x, y, hp, epoch + i / batches)
             loss_sum += result.loss.detach() * result.count
             correct += result.correct
             count += result.count

@@ -117,6 +117,7 @@ def test_ddn_result_is_quantised():
 def test_warm_up():
     assert [salman.warmed_up_epsilon(1.0, 10, e) for e in (0, 4, 9, 20)] == pytest.approx([0.1, 0.5, 1.0, 1.0])
     assert salman.warmed_up_epsilon(0.5, 1, 0) == 0.5  # warmup 1: no warm-up
+    assert salman.warmed_up_epsilon(1.0, 10, 4.75) == pytest.approx(0.5)  # constant within an epoch
 
 
 def test_objective_with_one_noise_draw_is_cohens_loss_at_the_given_point():

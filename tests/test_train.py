@@ -159,3 +159,18 @@ def test_bench_train_times_each_methods_own_step():
     assert rows[0]["ratio_to_first"] == 1.0 and all(r["sec_per_batch"] > 0 for r in rows)
     assert rows[1]["sec_per_epoch"] == pytest.approx(rows[1]["sec_per_batch"] * 21)  # ⌈1297 / 64⌉ batches
     assert "salman-0.25" in format_rows(rows)
+
+
+def test_train_steps_see_their_progress_in_epochs(monkeypatch):
+    """train_step gets epoch + fraction of the epoch's batches done: per-batch schedules (ℓ∞-dist p) need it."""
+    from methods import train as train_module
+
+    seen = []
+    real = train_module.default_train_step
+    monkeypatch.setattr(train_module, "default_train_step", lambda method, *a: (seen.append(a[-1]), real(method, *a))[1])
+    spec = mc.resolve_run(tiny_config(epochs=2, batch_size=512, eval_each_epoch=False), "cohen-0.25", seed=0)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        train(spec, out, device="cpu", progress=False)
+    assert seen == pytest.approx([0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3])  # ⌈1297 / 512⌉ = 3 batches per epoch
