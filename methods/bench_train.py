@@ -32,7 +32,7 @@ def time_train_steps(spec: dict, dataset: str, steps: int, warmup: int, device: 
     method = get_method(spec["method"])
     hp = method.Hparams(**spec["hparams"])
     torch.manual_seed(0)
-    model = models.build(spec["model"]["arch"], dataset, spec["model"]["normalization"]).to(dev).train()
+    model = models.from_spec(spec["model"], dataset).to(dev).train()
     optimizer = build_optimizer(model.parameters(), spec["train"])
     step = getattr(method, "train_step", None) or (lambda *a: default_train_step(method, *a))
     batch = spec["train"]["batch_size"]

@@ -28,6 +28,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if not isinstance(blob, dict) or "state_dict" not in blob or "info" not in blob:
         raise ValueError(f"{path} is not a model file of this harness (expected keys state_dict and info)")
     info = blob["info"]
-    model = models.build(info["arch"], info["dataset"], info["normalization"])
+    model = models.build(info["arch"], info["dataset"], info["normalization"], info.get("mean"), info.get("std"))
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval(), info

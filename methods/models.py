@@ -119,6 +119,76 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
 
 
+class ResNet18(nn.Module):
+    """The CIFAR-style ResNet-18 of the adversarial-training literature (TRADES, backward smoothing): a 3×3 stem
+    without pooling, four stages of two basic blocks (64/128/256/512 channels), global average pooling."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64),
+                                  nn.ReLU(inplace=True))
+        layers, planes_in = [], 64
+        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            for i in range(2):
+                layers.append(BasicBlock(planes_in, planes, stride if i == 0 else 1))
+                planes_in = planes
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1))
+
+
+class WideBlock(nn.Module):
+    """Pre-activation wide basic block (BN-ReLU-conv twice); where the shape changes, the shortcut is a 1×1 conv of
+    the pre-activated input, as in the WideResNet of TRADES and its followers."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(in_planes), nn.BatchNorm2d(planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = None if in_planes == planes and stride == 1 else nn.Conv2d(in_planes, planes, 1, stride=stride,
+                                                                                  bias=False)
+
+    def forward(self, x):
+        pre = self.relu(self.bn1(x))
+        out = self.conv2(self.relu(self.bn2(self.conv1(pre))))
+        return out + (x if self.shortcut is None else self.shortcut(pre))
+
+
+class WideResNet(nn.Module):
+    """WideResNet-depth-widen (Zagoruyko & Komodakis 2016) for 32×32 inputs; WRN-34-10 is backward smoothing's."""
+
+    def __init__(self, depth: int = 34, widen: int = 10, in_channels: int = 3, num_classes: int = 10):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth must be 6n + 4, got {depth}")
+        n = (depth - 4) // 6
+        widths = (16, 16 * widen, 32 * widen, 64 * widen)
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        blocks, planes_in = [], widths[0]
+        for planes, stride in zip(widths[1:], (1, 2, 2)):
+            for i in range(n):
+                blocks.append(WideBlock(planes_in, planes, stride if i == 0 else 1))
+                planes_in = planes
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.BatchNorm2d(planes_in), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(planes_in, num_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.data.fill_(1)
+                m.bias.data.zero_()
+            elif isinstance(m, nn.Linear):
+                m.bias.data.zero_()
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
 def _resnet50(in_channels: int, num_classes: int) -> nn.Module:
     from torchvision.models import resnet50
 
@@ -134,17 +204,33 @@ ARCHS = {
     "cifar_resnet56": lambda c, k: CifarResNet(56, k, c),
     "cifar_resnet110": lambda c, k: CifarResNet(110, k, c),
     "resnet50": _resnet50,
+    "resnet18": lambda c, k: ResNet18(c, k),
+    "wrn34_10": lambda c, k: WideResNet(34, 10, c, k),
 }
 
 
-def build(arch: str, dataset: str, normalization: str = "standard") -> nn.Sequential:
-    """Normalize(dataset) followed by the network `arch` ("auto" = the dataset's default)."""
+def build(arch: str, dataset: str, normalization: str = "standard", mean=None, std=None) -> nn.Sequential:
+    """Normalize followed by the network `arch` ("auto" = the dataset's default).
+
+    `mean` / `std` override the dataset's constants where a paper used its own (backward smoothing's CIFAR std;
+    ℓ∞-dist nets' single scalar std, given as one number, so that ℓ∞ balls map exactly onto network units).
+    """
     meta = data.info(dataset)
     arch = meta.default_arch if arch == "auto" else arch
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r} (known: {', '.join(ARCHS)})")
-    net = ARCHS[arch](meta.shape[0], meta.num_classes)
-    return nn.Sequential(Normalize(meta.mean, meta.std, normalization), net)
+    channels = meta.shape[0]
+    mean = list(meta.mean) if mean is None else list(mean)
+    std = list(meta.std) if std is None else ([float(std)] * channels if isinstance(std, (int, float)) else list(std))
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"{dataset} has {channels} channels: mean {mean} / std {std} do not match")
+    net = ARCHS[arch](channels, meta.num_classes)
+    return nn.Sequential(Normalize(mean, std, normalization), net)
+
+
+def from_spec(model_cfg: dict, dataset: str) -> nn.Sequential:
+    """The model a spec's (or a model file's) `model` section describes."""
+    return build(model_cfg["arch"], dataset, model_cfg["normalization"], model_cfg.get("mean"), model_cfg.get("std"))
 
 
 def resolved_arch(arch: str, dataset: str) -> str:

@@ -103,7 +103,7 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
     epochs = cfg["epochs"]
 
     torch.manual_seed(seed)
-    model = models.build(spec["model"]["arch"], spec["dataset"], spec["model"]["normalization"]).to(dev)
+    model = models.from_spec(spec["model"], spec["dataset"]).to(dev)
     optimizer = build_optimizer(model.parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg)
     step = getattr(method, "train_step", None) or (lambda *a: default_train_step(method, *a))
@@ -180,7 +180,8 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
     info = {"method": spec["method"], "dataset": spec["dataset"], "num_classes": data.info(spec["dataset"]).num_classes,
             "hparams": spec["hparams"], "epochs_done": len(rows),
             "arch": models.resolved_arch(spec["model"]["arch"], spec["dataset"]),
-            "normalization": spec["model"]["normalization"], "threat_model": spec["threat_model"],
+            "normalization": spec["model"]["normalization"], "mean": spec["model"].get("mean"),
+            "std": spec["model"].get("std"), "threat_model": spec["threat_model"],
             "run": spec["run"], "seed": seed, "device": device_name(dev),
             "train_seconds": sum(float(r["train_seconds"]) for r in rows)}
     save_model(model, info, out_dir / "model.pt")

@@ -177,7 +177,7 @@ def test_cifar10_config_lists_salmans_whole_paper_grid_with_its_recipe():
         assert got == want
         paper = salman.PAPER[dataset]
         for spec in specs:
-            assert spec["model"] == {"arch": paper["arch"], "normalization": "center"}
+            assert (spec["model"]["arch"], spec["model"]["normalization"]) == (paper["arch"], "center")
             assert spec["hparams"]["warmup"] == paper["warmup"]
             for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size", "gamma"):
                 if key in paper:

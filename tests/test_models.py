@@ -51,3 +51,20 @@ def test_unknown_arch_and_bad_depth_are_refused():
         models.build("vgg", "cifar10")
     with pytest.raises(ValueError, match="6n"):
         models.CifarResNet(21)
+
+
+@pytest.mark.parametrize("arch, blocks, params_millions", [("resnet18", 8, 11.17), ("wrn34_10", 15, 46.16)])
+def test_adversarial_training_models_have_the_literatures_shapes(arch, blocks, params_millions):
+    """ResNet-18 (11.17 M parameters) and WRN-34-10 (46.16 M), as in TRADES / backward smoothing."""
+    net = models.build(arch, "cifar10")[1]
+    assert sum(isinstance(m, (models.BasicBlock, models.WideBlock)) for m in net.modules()) == blocks
+    assert sum(p.numel() for p in net.parameters()) / 1e6 == pytest.approx(params_millions, abs=0.01)
+    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_normalization_constants_can_be_overridden_and_a_scalar_std_is_shared():
+    model = models.build("small_cnn", "cifar10", "standard", mean=[0.5, 0.5, 0.5], std=0.2)
+    norm = model[0]
+    assert norm.mean.flatten().tolist() == pytest.approx([0.5] * 3) and norm.std.flatten().tolist() == pytest.approx([0.2] * 3)
+    with pytest.raises(ValueError, match="3 channels"):
+        models.build("small_cnn", "cifar10", "standard", mean=[0.5])
