@@ -15,6 +15,7 @@ import csv
 import hashlib
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -28,14 +29,27 @@ from .io import atomic_write_text, provenance, select_device, synchronize, write
 from .smoothing import Smooth, default_split_grid, max_radius, t_certify_counts, t_certify_counts_grid
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
-CERTIFIERS = {"cohen": "l2-smoothing", "t-certify": "l2-smoothing", "t-certify-grid": "l2-smoothing"}  # → threat model
-#: Caveats the report prints beside a certifier's rows.
-CERTIFIER_NOTES = {
-    "t-certify": "Feng et al.'s T-CERTIFY, reconstructed (METHODS.md §4): top and runner-up bounded separately, "
-                 "alpha split fixed in advance (t_certify_split)",
-    "t-certify-grid": "paper-style T-CERTIFY, reconstructed (METHODS.md §4): the largest radius over a grid of "
-                      "alpha splits, each at alpha / (grid length), Bonferroni-corrected",
+@dataclass(frozen=True)
+class Certifier:
+    """What an evaluator applies to and what its radii mean (the report never mixes certified and empirical)."""
+
+    threat_models: tuple[str, ...]  # the models it can evaluate
+    norm: str  # "l2" or "linf"
+    kind: str  # "certified" (a guarantee) or "empirical" (an attack's upper bound on the robust radius)
+    note: str = ""  # a caveat the report prints beside its rows
+
+
+CERTIFIERS = {
+    "cohen": Certifier(("l2-smoothing",), "l2", "certified"),
+    "t-certify": Certifier(("l2-smoothing",), "l2", "certified",
+                           "Feng et al.'s T-CERTIFY, reconstructed (METHODS.md §4): top and runner-up bounded "
+                           "separately, alpha split fixed in advance (t_certify_split)"),
+    "t-certify-grid": Certifier(("l2-smoothing",), "l2", "certified",
+                                "paper-style T-CERTIFY, reconstructed (METHODS.md §4): the largest radius over a grid "
+                                "of alpha splits, each at alpha / (grid length), Bonferroni-corrected"),
 }
+#: Caveats the report prints beside a certifier's rows.
+CERTIFIER_NOTES = {name: c.note for name, c in CERTIFIERS.items() if c.note}
 
 
 def subset_indices(dataset_size: int, start: int, skip: int, count: int | None) -> list[int]:
@@ -136,9 +150,9 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
     out = Path(out)
     dev = select_device(device if device != "auto" else spec.get("device", "auto"))
     model, info = load_checkpoint(checkpoint, dev)
-    if info["threat_model"] != CERTIFIERS[certifier]:
-        raise ValueError(f"certifier {certifier} needs a {CERTIFIERS[certifier]} model; {checkpoint} is "
-                         f"{info['threat_model']}")
+    if info["threat_model"] not in CERTIFIERS[certifier].threat_models:
+        raise ValueError(f"certifier {certifier} needs a {' or '.join(CERTIFIERS[certifier].threat_models)} model; "
+                         f"{checkpoint} is {info['threat_model']}")
     cfg = spec["certify"]
     sigma = cfg["sigma"]
     test_set = data.load(info["dataset"], "test", spec["data_root"], spec["download"])

@@ -48,7 +48,7 @@ def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path,
     `notes` maps run names to the config's caveats (`note`), which the tables print as footnotes beside the
     method's own provenance (`SOURCE`) and the certifier's.
     """
-    from .certify import CERTIFIER_NOTES
+    from .certify import CERTIFIERS
     from .registry import get_method
 
     notes = notes or {}
@@ -62,16 +62,18 @@ def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path,
         info = meta["model_info"]
         run_dir = tsv.parent.parent
         row = {"dataset": match["dataset"], "run": match["run"], "method": info["method"],
-               "seed": int(match["seed"]), "certifier": match["certifier"], "norm": "l2", "sigma": meta["sigma"],
+               "seed": int(match["seed"]), "certifier": match["certifier"], "norm": CERTIFIERS[match["certifier"]].norm,
+               "kind": CERTIFIERS[match["certifier"]].kind, "sigma": meta.get("sigma"),
                "clean_acc": float(frame["correct"].mean()), "acr": average_certified_radius(frame)}
         row.update({radius_column(r): certified_accuracy(frame, r) for r in radii})
         row.update(_train_log_stats(run_dir))
         row.update({"certify_sec_per_example": float(frame["time"].mean()), "device": info["device"],
                     "certify_device": meta["provenance"]["device_name"], "examples": len(frame),
                     "subset": "start {start}, skip {skip}, count {count}".format(**meta["subset"]),
-                    "n0": meta["n0"], "n": meta["n"], "alpha": meta["alpha"], "max_radius": meta["max_radius"],
+                    "n0": meta.get("n0"), "n": meta.get("n"), "alpha": meta.get("alpha"),
+                    "max_radius": meta.get("max_radius"),
                     "certify_file": tsv.as_posix(), "source": get_method(info["method"]).SOURCE,
-                    "certifier_note": CERTIFIER_NOTES.get(match["certifier"], ""),
+                    "certifier_note": CERTIFIERS[match["certifier"]].note,
                     "note": notes.get(match["run"], "")})
         rows.append(row)
     summary = pd.DataFrame(rows).sort_values(["dataset", "method", "sigma", "run", "certifier", "seed"])
