@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from . import models
+from .registry import get_method
 from .io import atomic_save
 
 REQUIRED_INFO = ("method", "dataset", "num_classes", "hparams", "epochs_done", "arch", "normalization")
@@ -28,6 +29,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if not isinstance(blob, dict) or "state_dict" not in blob or "info" not in blob:
         raise ValueError(f"{path} is not a model file of this harness (expected keys state_dict and info)")
     info = blob["info"]
-    model = models.build(info["arch"], info["dataset"], info["normalization"], info.get("mean"), info.get("std"))
+    method = get_method(info["method"])
+    if hasattr(method, "build_model"):
+        model = method.build_model(info["dataset"], method.Hparams(**info["hparams"]), info)
+    else:
+        model = models.build(info["arch"], info["dataset"], info["normalization"], info.get("mean"), info.get("std"))
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval(), info

@@ -12,6 +12,9 @@ A method is one module under `methods/` that defines:
   the epoch index plus the fraction of its batches already done (3.25 = a quarter into the fourth epoch), so
   per-epoch warm-ups use floor(epoch) and per-batch schedules (ℓ∞-dist nets' p) use it as it is.
   The shared loop in `methods.train` owns everything else.
+- optionally ``build_model(dataset, hp, model_cfg)`` when the architecture is part of the method (ℓ∞-dist nets;
+  `model_cfg` is the config's `model` section, or a model file's info) and ``optimizer_params(model, lr, hp)`` when
+  some parameters train at their own learning rate;
 - ``SOURCE``: where the implementation's details come from ("official code", or "reconstructed: …" when there was
   no official code); the report's tables carry it as a footnote.
 """
@@ -29,6 +32,8 @@ METHODS = {
     "salman": "methods.salman",
     "macer": "methods.macer",
     "feng": "methods.feng",
+    "linf_dist": "methods.linf_dist",
+    "backward_smoothing": "methods.backward_smoothing",
 }
 
 THREAT_MODELS = ("l2-smoothing", "linf-certified", "linf-empirical")

@@ -40,11 +40,25 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
+def build_model(method, hp, model_cfg: dict, dataset: str) -> torch.nn.Module:
+    """The method's own architecture where it has one (ℓ∞-dist nets), else the config's `model` section."""
+    if hasattr(method, "build_model"):
+        return method.build_model(dataset, hp, model_cfg)
+    return models.from_spec(model_cfg, dataset)
+
+
 def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
     if cfg["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     return torch.optim.Adam(params, lr=cfg["lr"], betas=tuple(cfg["adam_betas"]), eps=cfg["adam_eps"],
                             weight_decay=cfg["weight_decay"])
+
+
+def method_optimizer(method, model, hp, cfg: dict) -> torch.optim.Optimizer:
+    """The config's optimizer over the model's parameters, in the method's groups where it has its own."""
+    if hasattr(method, "optimizer_params"):
+        return build_optimizer(method.optimizer_params(model, cfg["lr"], hp), cfg)
+    return build_optimizer(model.parameters(), cfg)
 
 
 def build_scheduler(optimizer, cfg: dict):
@@ -103,8 +117,8 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
     epochs = cfg["epochs"]
 
     torch.manual_seed(seed)
-    model = models.from_spec(spec["model"], spec["dataset"]).to(dev)
-    optimizer = build_optimizer(model.parameters(), cfg)
+    model = build_model(method, hp, spec["model"], spec["dataset"]).to(dev)
+    optimizer = method_optimizer(method, model, hp, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     step = getattr(method, "train_step", None) or (lambda *a: default_train_step(method, *a))
 
