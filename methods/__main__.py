@@ -124,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("certify", help="certify a trained run's test subset, write the per-example TSV")
     _add_spec_args(p)
     p.add_argument("--checkpoint", help="model file (default: <run dir>/model.pt)")
-    p.add_argument("--certifier", default="cohen", choices=["cohen", "t-certify", "t-certify-grid"],
-                   help="cohen = Cohen's CERTIFY (default); t-certify = Feng et al.'s two-sided certificate with the "
-                        "config's fixed alpha split; t-certify-grid = its Bonferroni-corrected maximum over splits")
+    p.add_argument("--certifier", default="cohen",
+                   help="cohen = Cohen's CERTIFY (default); t-certify(-grid) = Feng et al.'s two-sided certificate; "
+                        "linf-margin, linf-interval = l-inf-dist certificates; pgd20, pgd100, cw-pgd100, autoattack = "
+                        "empirical l-inf radii on the config's eps_grid (see the schema)")
     p.add_argument("--out", help="TSV to write (default: <run dir>/certify/<certifier>.tsv)")
     p.add_argument("--shard", help="I/N: certify only shard I (0-based) of N of the subset")
     p.set_defaults(func=cmd_certify)

@@ -47,6 +47,13 @@ CERTIFIERS = {
     "t-certify-grid": Certifier(("l2-smoothing",), "l2", "certified",
                                 "paper-style T-CERTIFY, reconstructed (METHODS.md §4): the largest radius over a grid "
                                 "of alpha splits, each at alpha / (grid length), Bonferroni-corrected"),
+    "linf-margin": Certifier(("linf-certified",), "linf", "certified"),
+    "linf-interval": Certifier(("linf-certified",), "linf", "certified",
+                               "interval bounds over the eps-box clipped to [0, 1], on the eps grid"),
+    **{name: Certifier(("linf-certified", "linf-empirical"), "linf", "empirical",
+                       f"{name}: empirical radius (largest eps on the grid the attack fails at): an upper bound, "
+                       "not a certificate")
+       for name in ("pgd20", "pgd100", "cw-pgd100", "autoattack")},
 }
 #: Caveats the report prints beside a certifier's rows.
 CERTIFIER_NOTES = {name: c.note for name, c in CERTIFIERS.items() if c.note}
@@ -121,19 +128,86 @@ def read_tsv(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def _certify_example(certifier: str, smooth: Smooth, x: torch.Tensor, cfg: dict,
-                     generator: torch.Generator) -> tuple[int, float]:
-    """One certificate. Every certifier draws the same noise for the same (seed, idx), so they compare paired."""
-    args = (x, cfg["n0"], cfg["n"], cfg["alpha"], cfg["batch_size"])
-    if certifier == "cohen":
-        return smooth.certify(*args, generator=generator)
-    if certifier == "t-certify":
-        return smooth.t_certify(*args, split=cfg["t_certify_split"], generator=generator)
-    return smooth.t_certify_grid(*args, grid=default_split_grid(cfg["t_certify_grid_size"]), generator=generator)
+def _smoothing_evaluator(certifier: str, model, info: dict, cfg: dict, seed: int, dev):
+    """Per example: every smoothing certifier draws the same noise for the same (seed, idx), so they compare
+    paired."""
+    smooth = Smooth(model, info["num_classes"], cfg["sigma"])
+    args = (cfg["n0"], cfg["n"], cfg["alpha"], cfg["batch_size"])
+
+    def one(x, idx):
+        generator = example_generator(seed, idx, dev)
+        if certifier == "cohen":
+            return smooth.certify(x, *args, generator=generator)
+        if certifier == "t-certify":
+            return smooth.t_certify(x, *args, split=cfg["t_certify_split"], generator=generator)
+        return smooth.t_certify_grid(x, *args, grid=default_split_grid(cfg["t_certify_grid_size"]),
+                                     generator=generator)
+
+    return lambda xs, ys, idxs: [one(x, idx) for x, idx in zip(xs, idxs)]
 
 
-def certifier_max_radius(certifier: str, cfg: dict, sigma: float, num_classes: int) -> float:
-    """The largest radius `certifier` can return with these settings (all n draws agree): the curves' cliff."""
+def _linf_evaluator(certifier: str, model, info: dict, cfg: dict):
+    """A whole batch at once: ℓ∞-dist certificates (margin/2, or interval bounds on the ε grid) or an attack's
+    empirical radius on the ε grid."""
+    from . import attacks
+
+    grid = cfg["eps_grid"]
+    if certifier == "linf-margin":
+        from .linf_dist import certify_batch
+
+        def run(xs, ys):
+            cert = certify_batch(model, xs, ys, grid[0])
+            return cert.logits.argmax(1), cert.radius
+    elif certifier == "linf-interval":
+        from .linf_dist import interval_certified
+
+        def run(xs, ys):
+            predictions = attacks.predict(model, xs)
+            radius = torch.zeros(len(xs), dtype=torch.float64, device=xs.device)
+            standing = predictions == ys
+            for eps in grid:  # the box grows with ε, so certification is monotone: keep the largest certified ε
+                standing &= interval_certified(model, xs, ys, eps)
+                radius[standing] = eps
+            return predictions, radius
+    else:
+        attack = EMPIRICAL_ATTACKS[certifier](info["num_classes"])
+
+        def run(xs, ys):
+            return attacks.predict(model, xs), attacks.empirical_radius(model, xs, ys, grid, attack)
+
+    def evaluate(xs, ys, idxs):
+        predictions, radius = run(xs, ys)
+        return list(zip(predictions.tolist(), radius.tolist()))
+
+    return evaluate
+
+
+def _autoattack(num_classes: int):
+    from .attacks import autoattack
+
+    return lambda model, x, y, eps: autoattack(model, x, y, eps, num_classes=num_classes)
+
+
+def _pgd(preset: str, loss: str = "ce"):
+    def build(num_classes: int):
+        from dataclasses import replace
+
+        from . import attacks
+
+        return replace(getattr(attacks, preset), loss=loss)
+    return build
+
+
+#: Empirical ℓ∞ evaluators: certifier name → (num_classes → attack(model, x, y, eps)). PGD steps are ε/4 at every ε
+#: of the grid (2/255 at 8/255), no random start.
+EMPIRICAL_ATTACKS = {"pgd20": _pgd("PGD20"), "pgd100": _pgd("PGD100"), "cw-pgd100": _pgd("PGD100", "cw"),
+                     "autoattack": _autoattack}
+
+
+def certifier_max_radius(certifier: str, cfg: dict, sigma: float | None, num_classes: int) -> float | None:
+    """The largest radius `certifier` can return with these settings: the curves' cliff (None: unbounded)."""
+    if CERTIFIERS[certifier].norm == "linf":
+        return None if certifier == "linf-margin" else max(cfg["eps_grid"])
     if certifier == "cohen":
         return max_radius(sigma, cfg["n"], cfg["alpha"])
     unanimous = [cfg["n0"]] + [0] * (num_classes - 1), [cfg["n"]] + [0] * (num_classes - 1)
@@ -142,9 +216,25 @@ def certifier_max_radius(certifier: str, cfg: dict, sigma: float, num_classes: i
     return t_certify_counts_grid(*unanimous, sigma, cfg["alpha"], default_split_grid(cfg["t_certify_grid_size"]))[1]
 
 
+def _settings(certifier: str, cfg: dict) -> dict:
+    """What the sidecar records of the certifier's own settings."""
+    if CERTIFIERS[certifier].norm == "linf":
+        return {"eps_grid": cfg["eps_grid"], "batch_size": cfg["batch_size"]}
+    out = {"n0": cfg["n0"], "n": cfg["n"], "alpha": cfg["alpha"], "batch_size": cfg["batch_size"]}
+    if certifier == "t-certify":
+        out["t_certify_split"] = cfg["t_certify_split"]
+    if certifier == "t-certify-grid":
+        out["t_certify_grid"] = default_split_grid(cfg["t_certify_grid_size"])
+    return out
+
+
 def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: str = "cohen",
                 device: str = "auto", shard: int = 0, shards: int = 1, progress: bool = True) -> Path:
-    """Certify the run's test subset (or one shard of it) with `certifier`; write `out` (TSV) and its sidecar JSON."""
+    """Evaluate the run's test subset (or one shard of it) with `certifier`; write `out` (TSV) and its sidecar JSON.
+
+    Smoothing certifiers work one example at a time (each costs n forward passes); ℓ∞ evaluators a batch of
+    `certify.batch_size` examples at a time, each example's `time` being its share of the batch.
+    """
     if certifier not in CERTIFIERS:
         raise ValueError(f"unknown certifier {certifier!r} (known: {', '.join(CERTIFIERS)})")
     out = Path(out)
@@ -154,10 +244,12 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
         raise ValueError(f"certifier {certifier} needs a {' or '.join(CERTIFIERS[certifier].threat_models)} model; "
                          f"{checkpoint} is {info['threat_model']}")
     cfg = spec["certify"]
-    sigma = cfg["sigma"]
     test_set = data.load(info["dataset"], "test", spec["data_root"], spec["download"])
     indices = shard_of(subset_indices(len(test_set), cfg["start"], cfg["skip"], cfg["count"]), shard, shards)
-    smooth = Smooth(model, info["num_classes"], sigma)
+    if CERTIFIERS[certifier].norm == "l2":
+        evaluate, chunk = _smoothing_evaluator(certifier, model, info, cfg, spec["seed"], dev), 1
+    else:
+        evaluate, chunk = _linf_evaluator(certifier, model, info, cfg), cfg["batch_size"]
 
     partial = out.with_name(out.name + ".partial")
     fingerprint = _fingerprint(Path(checkpoint), spec, certifier, shard, shards)
@@ -170,29 +262,30 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
     if rows_kept:
         print(f"resuming certification: {len(rows_kept)} of {len(indices)} examples already done", flush=True)
 
-    with open(partial, "a") as fh:
-        for idx in tqdm(todo, desc=f"certify {spec['run']} seed{spec['seed']}", disable=not progress,
-                        file=sys.stderr):
-            x, label = test_set[idx]
-            x = x.to(dev)
+    with open(partial, "a") as fh, tqdm(total=len(todo), desc=f"{certifier} {spec['run']} seed{spec['seed']}",
+                                         disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(todo), chunk):
+            idxs = todo[start:start + chunk]
+            xs, labels = zip(*(test_set[i] for i in idxs))
+            xs, labels = torch.stack(xs).to(dev), [int(label) for label in labels]
             synchronize(dev)
             t0 = time.perf_counter()
-            prediction, radius = _certify_example(certifier, smooth, x, cfg,
-                                                  example_generator(spec["seed"], idx, dev))
+            results = evaluate(xs, torch.tensor(labels, device=dev), idxs)
             synchronize(dev)
-            correct = int(prediction == int(label))
-            fh.write(_format_row({"idx": idx, "label": int(label), "predict": prediction,
-                                  "radius": repr(radius if correct else 0.0), "correct": correct,
-                                  "time": repr(time.perf_counter() - t0)}))
+            seconds = (time.perf_counter() - t0) / len(idxs)
+            for idx, label, (prediction, radius) in zip(idxs, labels, results):
+                correct = int(prediction == label)
+                fh.write(_format_row({"idx": idx, "label": label, "predict": prediction,
+                                      "radius": repr(float(radius) if correct else 0.0), "correct": correct,
+                                      "time": repr(seconds)}))
             fh.flush()
+            bar.update(len(idxs))
 
     atomic_write_text(out, _tsv_text(sorted(_read_rows(partial), key=lambda r: int(r["idx"]))))
     write_json(out.with_suffix(".json"), {
-        "certifier": certifier, "sigma": sigma, "n0": cfg["n0"], "n": cfg["n"], "alpha": cfg["alpha"],
-        "batch_size": cfg["batch_size"],
-        "max_radius": certifier_max_radius(certifier, cfg, sigma, info["num_classes"]),
-        **({"t_certify_split": cfg["t_certify_split"]} if certifier == "t-certify" else {}),
-        **({"t_certify_grid": default_split_grid(cfg["t_certify_grid_size"])} if certifier == "t-certify-grid" else {}),
+        "certifier": certifier, "norm": CERTIFIERS[certifier].norm, "kind": CERTIFIERS[certifier].kind,
+        "sigma": cfg["sigma"], **_settings(certifier, cfg),
+        "max_radius": certifier_max_radius(certifier, cfg, cfg["sigma"], info["num_classes"]),
         "subset": {"start": cfg["start"], "skip": cfg["skip"], "count": cfg["count"], "examples": len(indices)},
         "shard": shard, "shards": shards, "dtype": "float32", "model": str(checkpoint), "model_info": info,
         "provenance": provenance(dev)})

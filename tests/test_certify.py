@@ -144,3 +144,47 @@ def test_paper_style_grid_certifier_writes_its_grid(trained, tmp_path):
     assert all(sum(split) == pytest.approx(1) for split in meta["t_certify_grid"])
     assert len(read_tsv(out)) == 8
 
+
+
+# ---------------------------------------------------------------- ℓ∞ evaluators
+
+@pytest.fixture(scope="module")
+def linf_trained(tmp_path_factory):
+    """A small ℓ∞-dist net on digits, trained through the shared loop and ending at p = ∞."""
+    from methods import config as mc
+
+    raw = {"dataset": "digits", "device": "cpu",
+           "train": {"epochs": 12, "batch_size": 128, "optimizer": "adam", "lr": 0.03, "adam_betas": [0.9, 0.99],
+                     "adam_eps": 1e-10, "weight_decay": 0.0, "schedule": "cosine", "augment": False},
+           "certify": {"skip": 10, "count": 40, "batch_size": 16, "eps_grid": [0.02, 0.05, 0.1, 0.2],
+                       "certifiers": ["linf-margin", "linf-interval", "pgd20"]},
+           "runs": {"linf": {"method": "linf_dist", "hparams": {
+               "depth": 4, "width": 128, "eps_train": 0.15, "eps_test": 0.1, "scalar_std": 0.3765, "lambda0": 0.05,
+               "lambda_end": 0.0005, "p_start": 1, "p_end": 9, "epochs": 12}}}}
+    spec = mc.resolve_run(mc.validate(raw), "linf", seed=0)
+    return train(spec, tmp_path_factory.mktemp("linf"), device="cpu", progress=False), spec
+
+
+def test_linf_evaluators_agree_with_each_other(linf_trained, tmp_path):
+    """Interval bounds certify at least what the margin certifies; PGD never breaks a point inside its certified
+    radius, so PGD accuracy ≥ certified accuracy at every ε of the grid."""
+    model, spec = linf_trained
+    frames = {c: read_tsv(certify_run(model, spec, tmp_path / f"{c}.tsv", certifier=c, device="cpu", progress=False))
+              for c in ("linf-margin", "linf-interval", "pgd20")}
+    margin, interval, pgd = frames["linf-margin"], frames["linf-interval"], frames["pgd20"]
+    assert list(margin["idx"]) == list(range(0, 400, 10))
+    assert (margin["predict"] == pgd["predict"]).all() and margin["correct"].mean() > 0.3
+    for eps in spec["certify"]["eps_grid"]:
+        certified = (margin["correct"] == 1) & (margin["radius"] > eps)
+        assert (interval.loc[certified, "radius"] >= eps).all()
+        assert (pgd.loc[certified, "radius"] >= eps).all()
+        assert ((pgd["radius"] >= eps).mean() >= certified.mean())
+    assert (margin["radius"] > 0).any()
+    meta = json.loads((tmp_path / "pgd20.json").read_text())
+    assert (meta["norm"], meta["kind"], meta["eps_grid"]) == ("linf", "empirical", [0.02, 0.05, 0.1, 0.2])
+
+
+def test_smoothing_certifiers_refuse_linf_models(linf_trained, tmp_path):
+    model, spec = linf_trained
+    with pytest.raises(ValueError, match="needs a l2-smoothing model"):
+        certify_run(model, spec, tmp_path / "cohen.tsv", certifier="cohen", device="cpu", progress=False)
