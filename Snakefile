@@ -31,12 +31,5 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        expand("results/{dataset}/summary.csv", dataset=DATASETS),
-        expand("figures/{dataset}/certified_accuracy.{ext}", dataset=DATASETS, ext=("png", "pdf")),
-        expand(
-            "results/{dataset}/tables/{table}.{ext}",
-            dataset=DATASETS,
-            table=("certified_accuracy", "timing", "envelope"),
-            ext=("md", "tex", "csv"),
-        ),
+        [path for dataset in DATASETS for path in report_outputs(dataset)],
     default_target: True

@@ -85,14 +85,16 @@ def cmd_merge(args) -> None:
 def cmd_summarize(args) -> None:
     from .report import summarize
 
-    summary = summarize(args.tsv, args.radii, args.out, json.loads(args.notes) if args.notes else None)
+    summary = summarize(args.tsv, args.radii, args.out, json.loads(args.notes) if args.notes else None,
+                        args.linf_radii)
     print(f"wrote {args.out} ({len(summary)} rows)")
 
 
 def cmd_report(args) -> None:
     from .report import report
 
-    for path in report(args.summary, args.figures_dir, args.tables_dir, args.radius_max, args.title):
+    for path in report(args.summary, args.figures_dir, args.tables_dir, args.radius_max, args.title,
+                       tuple(args.what)):
         print(f"wrote {path}")
 
 
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("summarize", help="summary.csv from per-example TSVs")
     p.add_argument("--radii", type=float, nargs="+", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--linf-radii", type=float, nargs="+", help="l-inf radii (pixels) of the l-inf rows' columns")
     p.add_argument("--notes", help='JSON {"run": "caveat", ...}: the config\'s run notes, footnoted in the tables')
     p.add_argument("tsv", nargs="+", help="results/<dataset>/<run>/seed<s>/certify/<certifier>.tsv files")
     p.set_defaults(func=cmd_summarize)
@@ -150,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tables-dir", required=True)
     p.add_argument("--radius-max", type=float, default=1.5)
     p.add_argument("--title", default="")
+    p.add_argument("--what", nargs="+", choices=["l2", "linf", "timing"], default=["l2", "timing"],
+                   help="l2: certified_accuracy figure + tables; linf: linf_accuracy figure + table (--radius-max is "
+                        "then the l-inf axis); timing: the timing table")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench-train", help="sec/batch and sec/epoch of several runs' training steps, side by side")

@@ -51,10 +51,25 @@ CERTIFIERS = {
     "linf-interval": Certifier(("linf-certified",), "linf", "certified",
                                "interval bounds over the eps-box clipped to [0, 1], on the eps grid"),
     **{name: Certifier(("linf-certified", "linf-empirical"), "linf", "empirical",
-                       f"{name}: empirical radius (largest eps on the grid the attack fails at): an upper bound, "
-                       "not a certificate")
+                       "empirical radius (the largest eps of the grid the attack fails at): an upper bound on "
+                       "robustness, not a certificate")
        for name in ("pgd20", "pgd100", "cw-pgd100", "autoattack")},
 }
+#: The certify settings each norm's evaluators read; a certify job's spec keeps only these, so changing n re-runs
+#: no ℓ∞ evaluation, changing the ε grid no smoothing certificate, and adding a certifier re-runs nothing else.
+SETTINGS = {"l2": ("sigma", "n0", "n", "alpha", "batch_size", "start", "skip", "count", "t_certify_split",
+                   "t_certify_grid_size"),
+            "linf": ("eps_grid", "batch_size", "start", "skip", "count")}
+
+
+def certifier_spec(spec: dict, certifier: str) -> dict:
+    """`spec` with its certify section cut to what `certifier` reads."""
+    if certifier not in CERTIFIERS:
+        raise ValueError(f"unknown certifier {certifier!r} (known: {', '.join(CERTIFIERS)})")
+    keep = SETTINGS[CERTIFIERS[certifier].norm]
+    return {**spec, "certify": {k: v for k, v in spec["certify"].items() if k in keep}}
+
+
 #: Caveats the report prints beside a certifier's rows.
 CERTIFIER_NOTES = {name: c.note for name, c in CERTIFIERS.items() if c.note}
 
@@ -235,8 +250,7 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
     Smoothing certifiers work one example at a time (each costs n forward passes); ℓ∞ evaluators a batch of
     `certify.batch_size` examples at a time, each example's `time` being its share of the batch.
     """
-    if certifier not in CERTIFIERS:
-        raise ValueError(f"unknown certifier {certifier!r} (known: {', '.join(CERTIFIERS)})")
+    spec = certifier_spec(spec, certifier)  # also refuses an unknown certifier
     out = Path(out)
     dev = select_device(device if device != "auto" else spec.get("device", "auto"))
     model, info = load_checkpoint(checkpoint, dev)
@@ -284,8 +298,8 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
     atomic_write_text(out, _tsv_text(sorted(_read_rows(partial), key=lambda r: int(r["idx"]))))
     write_json(out.with_suffix(".json"), {
         "certifier": certifier, "norm": CERTIFIERS[certifier].norm, "kind": CERTIFIERS[certifier].kind,
-        "sigma": cfg["sigma"], **_settings(certifier, cfg),
-        "max_radius": certifier_max_radius(certifier, cfg, cfg["sigma"], info["num_classes"]),
+        "sigma": cfg.get("sigma"), **_settings(certifier, cfg),
+        "max_radius": certifier_max_radius(certifier, cfg, cfg.get("sigma"), info["num_classes"]),
         "subset": {"start": cfg["start"], "skip": cfg["skip"], "count": cfg["count"], "examples": len(indices)},
         "shard": shard, "shards": shards, "dtype": "float32", "model": str(checkpoint), "model_info": info,
         "provenance": provenance(dev)})

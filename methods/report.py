@@ -20,7 +20,8 @@ TSV_PATH = re.compile(r"(?P<dataset>[^/]+)/(?P<run>[^/]+)/seed(?P<seed>\d+)/cert
 
 
 def radius_column(r: float) -> str:
-    return f"certified_acc@{r:.2f}"
+    """certified_acc@0.25 for the ℓ2 grid; four decimals where two would merge ℓ∞ radii (8/255 → @0.0314)."""
+    return f"certified_acc@{r:.2f}" if abs(round(r, 2) - r) < 1e-12 else f"certified_acc@{r:.4f}"
 
 
 def certified_accuracy(frame: pd.DataFrame, radius: float) -> float:
@@ -42,8 +43,11 @@ def _train_log_stats(run_dir: Path) -> dict:
 
 
 def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path,
-              notes: dict[str, str] | None = None) -> pd.DataFrame:
+              notes: dict[str, str] | None = None, linf_radii: list[float] | None = None) -> pd.DataFrame:
     """One row per per-example TSV (run × certifier × seed); paths must be <dataset>/<run>/seed<s>/certify/<c>.tsv.
+
+    Accuracy columns are at `radii` for ℓ2 rows and at `linf_radii` (pixel units) for ℓ∞ rows; a row leaves the
+    other norm's columns empty. For ℓ∞ rows `kind` says whether the radius is certified or empirical.
 
     `notes` maps run names to the config's caveats (`note`), which the tables print as footnotes beside the
     method's own provenance (`SOURCE`) and the certifier's.
@@ -65,7 +69,8 @@ def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path,
                "seed": int(match["seed"]), "certifier": match["certifier"], "norm": CERTIFIERS[match["certifier"]].norm,
                "kind": CERTIFIERS[match["certifier"]].kind, "sigma": meta.get("sigma"),
                "clean_acc": float(frame["correct"].mean()), "acr": average_certified_radius(frame)}
-        row.update({radius_column(r): certified_accuracy(frame, r) for r in radii})
+        norm_radii = linf_radii if row["norm"] == "linf" and linf_radii else radii
+        row.update({radius_column(r): certified_accuracy(frame, r) for r in norm_radii})
         row.update(_train_log_stats(run_dir))
         row.update({"certify_sec_per_example": float(frame["time"].mean()), "device": info["device"],
                     "certify_device": meta["provenance"]["device_name"], "examples": len(frame),
@@ -119,11 +124,23 @@ def footnotes(summary: pd.DataFrame) -> tuple[pd.Series, list[str]]:
     return pd.Series(marks, index=summary.index, dtype=object), [f"[{i}] {t}" for i, t in enumerate(texts, 1)]
 
 
-def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Certified accuracy at each configured radius + ACR, mean over seeds (as MACER's Tables 1–2)."""
-    radius_cols = [c for c in summary.columns if c.startswith("certified_acc@")]
+def _radius_cols(summary: pd.DataFrame) -> list[str]:
+    """The accuracy columns these rows fill (the other norm's radii stay empty)."""
+    return [c for c in summary.columns if c.startswith("certified_acc@") and summary[c].notna().any()]
+
+
+def _of_norm(summary: pd.DataFrame, norm: str) -> pd.DataFrame:
+    return summary[summary.get("norm", pd.Series("l2", index=summary.index)) == norm]
+
+
+def accuracy_table(summary: pd.DataFrame, norm: str = "l2") -> pd.DataFrame:
+    """Accuracy at each configured radius + ACR (average radius), mean over seeds (as MACER's Tables 1–2). For ℓ∞
+    a `kind` column says which rows are certified and which empirical (an attack's upper bound)."""
+    summary = _of_norm(summary, norm)
+    radius_cols = _radius_cols(summary)
+    keys = ["model", "method", "sigma"] if norm == "l2" else ["model", "method", "kind"]
     table = (summary.assign(model=_label(summary))
-             .groupby(["model", "method", "sigma"], sort=False, dropna=False)[radius_cols + ["acr", "seed"]]
+             .groupby(keys, sort=False, dropna=False)[radius_cols + ["acr", "seed"]]
              .agg({**{c: "mean" for c in radius_cols + ["acr"]}, "seed": "nunique"})
              .rename(columns={c: c.split("@")[1] for c in radius_cols} | {"acr": "ACR", "seed": "seeds"})
              .reset_index())
@@ -134,7 +151,8 @@ def envelope_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Per method and certifier, the best certified accuracy over all its runs at each radius (Salman et al.'s
     "upper envelope" over a grid), mean over seeds first; `best` names the run behind each column (ties → the run
     with the higher clean accuracy)."""
-    radius_cols = [c for c in summary.columns if c.startswith("certified_acc@")]
+    summary = _of_norm(summary, "l2")
+    radius_cols = _radius_cols(summary)
     per_run = (summary.groupby(["method", "certifier", "run"], sort=False)[radius_cols].mean().reset_index())
     rows = []
     for (method, certifier), group in per_run.groupby(["method", "certifier"], sort=False):
@@ -193,27 +211,44 @@ def _latex(table: pd.DataFrame, bold_best: list[str], caption: str, notes: list[
 
 
 def _protocol(summary: pd.DataFrame) -> str:
-    """The certification protocol(s) behind a table: subset, n0, n, alpha (one clause per distinct protocol)."""
-    keys = ["dataset", "examples", "subset", "n0", "n", "alpha"]
-    return "; ".join(f"{p.dataset}: {p.examples} test images ({p.subset}), n0 = {p.n0}, n = {p.n}, alpha = {p.alpha}"
-                     for p in summary[keys].drop_duplicates().itertuples(index=False))
+    """The evaluation protocol(s) behind a table: subset, and n0, n, alpha for smoothing (one clause each)."""
+    clauses = []
+    for p in summary.drop_duplicates(["dataset", "examples", "subset", "n0", "n", "alpha"]).itertuples(index=False):
+        clause = f"{p.dataset}: {p.examples} test images ({p.subset})"
+        if pd.notna(p.n):
+            clause += f", n0 = {int(p.n0)}, n = {int(p.n)}, alpha = {p.alpha}"
+        clauses.append(clause)
+    return "; ".join(dict.fromkeys(clauses))
 
 
-def write_tables(summary: pd.DataFrame, tables_dir: str | Path) -> list[Path]:
+def write_tables(summary: pd.DataFrame, tables_dir: str | Path, what: tuple[str, ...] = ("l2", "timing")) -> list[Path]:
+    """`what`: "l2" (certified accuracy + envelope), "linf" (ℓ∞ certified and empirical accuracy), "timing"."""
     tables_dir = Path(tables_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    protocol = _protocol(summary)
-    _, notes = footnotes(summary)
-    acc, timing, envelope = accuracy_table(summary), timing_table(summary), envelope_table(summary)
-    radius_cols = [c for c in acc.columns if re.fullmatch(r"\d+\.\d+", str(c))]
-    for name, table, bold, caption, floatfmt in (
-            ("certified_accuracy", acc, radius_cols + ["ACR"],
-             f"Approximate certified accuracy at each l2 radius and ACR. {protocol}.", ".3f"),
-            ("envelope", envelope, radius_cols,
-             f"Upper envelope: the best run of each method at each l2 radius (as Salman et al.'s headline tables). "
-             f"{protocol}.", ".3f"),
-            ("timing", timing, [], f"Training cost per run. {protocol}.", ".4g")):
+    tables = []
+    if "l2" in what:
+        l2 = _of_norm(summary, "l2")
+        acc, protocol = accuracy_table(summary), _protocol(l2)
+        radius_cols = [c for c in acc.columns if re.fullmatch(r"\d+\.\d+", str(c))]
+        tables += [("certified_accuracy", l2, acc, radius_cols + ["ACR"],
+                    f"Approximate certified accuracy at each l2 radius and ACR. {protocol}.", ".3f"),
+                   ("envelope", l2, envelope_table(summary), radius_cols,
+                    f"Upper envelope: the best run of each method at each l2 radius (as Salman et al.'s headline "
+                    f"tables). {protocol}.", ".3f")]
+    if "linf" in what:
+        linf = _of_norm(summary, "linf")
+        acc = accuracy_table(summary, "linf")
+        tables.append(("linf_accuracy", linf, acc, [],  # no "best" in bold: certified and empirical don't compete
+                       "Accuracy at each l-inf radius (pixel units; column 0.00 = clean accuracy). kind = certified: "
+                       "a guarantee (l-inf-dist margin / interval bounds); kind = empirical: the accuracy under an "
+                       "attack, an UPPER bound on robust accuracy, not a certificate. ACR = mean radius (for grid "
+                       f"evaluators capped at the grid's largest eps). {_protocol(linf)}.", ".3f"))
+    if "timing" in what:
+        tables.append(("timing", summary, timing_table(summary), [], f"Training cost per run. {_protocol(summary)}.",
+                       ".4g"))
+    for name, rows, table, bold, caption, floatfmt in tables:
+        _, notes = footnotes(rows)
         paths = [tables_dir / f"{name}.{ext}" for ext in ("csv", "md", "tex")]
         table.to_csv(paths[0], index=False)
         paths[1].write_text(f"{caption}\n\n" + _markdown(table, floatfmt) + "".join(f"\n{n}\n" for n in notes))
@@ -225,17 +260,21 @@ def write_tables(summary: pd.DataFrame, tables_dir: str | Path) -> list[Path]:
 # ---------------------------------------------------------------- figure
 
 def curves(summary: pd.DataFrame, radius_max: float, step: float = 0.01) -> pd.DataFrame:
-    """Certified accuracy on a radius grid (step 0.01, as Cohen's analyze.py), per model, mean over seeds."""
+    """Certified (or empirical) accuracy on a radius grid (step 0.01, as Cohen's analyze.py), per model, mean over
+    seeds."""
     grid = np.round(np.arange(0.0, radius_max + step / 2, step), 10)
     parts = []
     for (label, row) in zip(_label(summary), summary.itertuples(index=False)):
         frame = read_tsv(row.certify_file)
         ok = frame["radius"].to_numpy()[frame["correct"].to_numpy() == 1]
         acc = (ok[None, :] >= grid[:, None]).sum(axis=1) / len(frame)
+        if getattr(row, "norm", "l2") == "linf" and pd.notna(row.max_radius):
+            acc = np.where(grid <= row.max_radius + 1e-12, acc, np.nan)  # past an eps grid's end: unknown, not 0
         parts.append(pd.DataFrame({"model": label, "method": row.method, "sigma": row.sigma, "seed": row.seed,
-                                   "radius": grid, "certified_accuracy": acc}))
+                                   "kind": getattr(row, "kind", "certified"), "radius": grid,
+                                   "certified_accuracy": acc}))
     data = pd.concat(parts)
-    return data.groupby(["model", "method", "sigma", "radius"], sort=False, dropna=False,
+    return data.groupby(["model", "method", "sigma", "kind", "radius"], sort=False, dropna=False,
                         as_index=False)["certified_accuracy"].mean()
 
 
@@ -243,24 +282,32 @@ def curves(summary: pd.DataFrame, radius_max: float, step: float = 0.01) -> pd.D
 LINESTYLES = {"macer": "-", "cohen": "--", "salman": ":", "feng": "-."}
 
 
-def plot_certified_accuracy(summary: pd.DataFrame, out_stem: str | Path, radius_max: float, title: str = "") -> list[Path]:
-    """Certified accuracy vs ℓ2 radius, one line per run, in the papers' style; PNG and PDF."""
+def plot_certified_accuracy(summary: pd.DataFrame, out_stem: str | Path, radius_max: float, title: str = "",
+                            norm: str = "l2") -> list[Path]:
+    """Accuracy vs radius, one line per run × certifier, in the papers' style; PNG and PDF. ℓ2: line style per
+    method (MACER's figures). ℓ∞: certified curves solid, empirical (attack) curves dashed, never mixed up."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    data = curves(summary, radius_max)
+    data = curves(summary, radius_max, step=0.01 if norm == "l2" else radius_max / 200)
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.3)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     models_ = list(dict.fromkeys(data["model"]))
     palette = dict(zip(models_, sns.color_palette("colorblind", len(models_))))
     for model in models_:
         part = data[data["model"] == model]
-        ax.plot(part["radius"], part["certified_accuracy"], label=model, color=palette[model], linewidth=2,
-                linestyle=LINESTYLES.get(part["method"].iloc[0], "-"))
-    ax.set(xlim=(0, radius_max), ylim=(0, 1), xlabel=r"radius ($\ell_2$)", ylabel="certified accuracy")
+        empirical = part["kind"].iloc[0] == "empirical"
+        style = LINESTYLES.get(part["method"].iloc[0], "-") if norm == "l2" else ("--" if empirical else "-")
+        ax.plot(part["radius"], part["certified_accuracy"], color=palette[model], linewidth=2, linestyle=style,
+                label=model + (" (empirical)" if empirical else ""))
+    if norm == "l2":
+        ax.set(xlim=(0, radius_max), ylim=(0, 1), xlabel=r"radius ($\ell_2$)", ylabel="certified accuracy")
+    else:
+        ax.set(xlim=(0, radius_max), ylim=(0, 1), xlabel=r"radius ($\ell_\infty$, pixels)",
+               ylabel="accuracy: certified (solid), empirical (dashed)")
     ax.set_title(textwrap.fill(title or f"{summary['dataset'].iloc[0]}: certified accuracy vs radius", 60),
                  fontsize="medium")
     ax.legend(frameon=True, fontsize="small")
@@ -275,7 +322,15 @@ def plot_certified_accuracy(summary: pd.DataFrame, out_stem: str | Path, radius_
 
 
 def report(summary_csv: str | Path, figures_dir: str | Path, tables_dir: str | Path, radius_max: float,
-           title: str = "") -> list[Path]:
+           title: str = "", what: tuple[str, ...] = ("l2", "timing")) -> list[Path]:
+    """The figure and tables of `what`: "l2" (certified_accuracy figure, certified_accuracy and envelope tables),
+    "linf" (linf_accuracy figure and table; `radius_max` is then the ℓ∞ axis limit), "timing" (timing table)."""
     summary = pd.read_csv(summary_csv)
-    paths = plot_certified_accuracy(summary, Path(figures_dir) / "certified_accuracy", radius_max, title)
-    return paths + write_tables(summary, tables_dir)
+    paths = []
+    if "l2" in what:
+        paths += plot_certified_accuracy(_of_norm(summary, "l2"), Path(figures_dir) / "certified_accuracy",
+                                         radius_max, title)
+    if "linf" in what:
+        paths += plot_certified_accuracy(_of_norm(summary, "linf"), Path(figures_dir) / "linf_accuracy",
+                                         radius_max, title, norm="linf")
+    return paths + write_tables(summary, tables_dir, what)

@@ -6,7 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from methods.certify import TSV_COLUMNS, _fingerprint, certify_run, merge_shards, read_tsv, subset_indices
+from methods.certify import (TSV_COLUMNS, _fingerprint, certifier_spec, certify_run, merge_shards, read_tsv,
+                            subset_indices)
 from methods.smoothing import max_radius
 from methods.train import train
 
@@ -64,7 +65,7 @@ def test_certificates_are_reproducible(trained, tmp_path):
 
 
 def _partial(model, spec, lines: list[str], stamp: str | None = None) -> str:
-    stamp = stamp or _fingerprint(model, spec, "cohen", 0, 1)
+    stamp = stamp or _fingerprint(model, certifier_spec(spec, "cohen"), "cohen", 0, 1)
     return f"# fingerprint {stamp}\n" + "".join(lines)
 
 
@@ -188,3 +189,15 @@ def test_smoothing_certifiers_refuse_linf_models(linf_trained, tmp_path):
     model, spec = linf_trained
     with pytest.raises(ValueError, match="needs a l2-smoothing model"):
         certify_run(model, spec, tmp_path / "cohen.tsv", certifier="cohen", device="cpu", progress=False)
+
+
+def test_a_certify_job_depends_only_on_its_certifiers_settings(trained):
+    """Changing n re-runs no ℓ∞ evaluation, changing the ε grid no smoothing certificate, and the list of
+    certifiers is part of neither, so adding one re-runs nothing else."""
+    _, spec = trained
+    changed = {**spec, "certify": {**spec["certify"], "n": 999, "eps_grid": [0.5], "certifiers": ["cohen", "pgd20"]}}
+    assert certifier_spec(changed, "pgd20")["certify"] != certifier_spec(spec, "pgd20")["certify"]
+    assert certifier_spec(changed, "pgd20")["certify"] == {**certifier_spec(spec, "pgd20")["certify"], "eps_grid": [0.5]}
+    assert certifier_spec(changed, "cohen")["certify"] == {**certifier_spec(spec, "cohen")["certify"], "n": 999}
+    with pytest.raises(ValueError, match="unknown certifier"):
+        certifier_spec(spec, "bogus")

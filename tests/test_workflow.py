@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE_RUNS = ("cohen-0.12", "cohen-0.25", "cohen-0.50", "salman-0.25", "macer-0.25", "feng-0.25")
+SMOKE_RUNS = ("cohen-0.12", "cohen-0.25", "cohen-0.50", "salman-0.25", "macer-0.25", "feng-0.25")  # ℓ2
+LINF_RUNS = {"linf-dist-0.1": "linf-interval,linf-margin,pgd20", "backward-smoothing-0.1": "pgd100,pgd20"}
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -32,9 +33,10 @@ def smoke_run(tmp_path_factory):
 @pytest.mark.slow
 def test_smoke_dag_leaves_figure_tables_and_summary(smoke_run):
     for rel in ("results/digits/summary.csv", "figures/digits/certified_accuracy.png",
-                "figures/digits/certified_accuracy.pdf"):
+                "figures/digits/certified_accuracy.pdf", "figures/digits/linf_accuracy.png",
+                "figures/digits/linf_accuracy.pdf"):
         assert (smoke_run / rel).stat().st_size > 0, rel
-    for table in ("certified_accuracy", "timing"):
+    for table in ("certified_accuracy", "timing", "envelope", "linf_accuracy"):
         for ext in ("md", "tex", "csv"):
             assert (smoke_run / f"results/digits/tables/{table}.{ext}").stat().st_size > 0
     for run in SMOKE_RUNS:
@@ -52,8 +54,8 @@ def test_smoke_models_are_accurate_and_robust_as_in_the_papers(smoke_run):
     rows = pd.read_csv(smoke_run / "results/digits/summary.csv")
     certifiers = rows.groupby("run")["certifier"].apply(lambda c: ",".join(sorted(c))).to_dict()
     assert certifiers == {run: "cohen" for run in SMOKE_RUNS} | {"cohen-0.25": "cohen,t-certify",
-                                                                 "feng-0.25": "cohen,t-certify"}
-    assert set(rows["method"]) == {"cohen", "salman", "macer", "feng"}
+                                                                 "feng-0.25": "cohen,t-certify"} | LINF_RUNS
+    assert set(rows["method"]) == {"cohen", "salman", "macer", "feng", "linf_dist", "backward_smoothing"}
     summary = rows[rows["certifier"] == "cohen"].set_index("run")
     assert (summary["clean_acc"] > 0.5).all()          # chance is 0.1
     assert (summary["acr"] > 0).all()
@@ -71,7 +73,7 @@ def test_rerun_has_nothing_to_do_and_a_config_change_reruns_only_what_it_touches
     changed.write_text((smoke_run / "config.yaml").read_text().replace("n: 10000", "n: 5000"))
     out = snakemake(smoke_run, "-n", "--quiet", "rules", "--configfile", str(changed))
     jobs = dict(parts for parts in map(str.split, out.stdout.splitlines()) if len(parts) == 2 and parts[1].isdigit())
-    assert "train" not in jobs and jobs["certify"] == str(len(SMOKE_RUNS) + 2), out.stdout
+    assert "train" not in jobs and jobs["certify"] == str(len(SMOKE_RUNS) + 2), out.stdout  # ℓ∞ ones use no n
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
@@ -107,3 +109,19 @@ def test_a_run_may_ask_for_its_own_resources(tmp_path):
         if "resources:" in line and run:
             runtimes[run] = line.split("runtime=")[1].split(",")[0]
     assert runtimes == {"macer-0.25": "2880", "cohen-0.25": "240"}
+
+
+@pytest.mark.slow
+def test_smoke_linf_runs_certify_below_what_attacks_find(smoke_run):
+    """The ℓ∞-dist net is well above chance and certifies something; PGD accuracy ≥ certified accuracy at every ε;
+    empirical and certified rows are labelled as such."""
+    rows = pd.read_csv(smoke_run / "results/digits/summary.csv")
+    linf = rows[rows["run"] == "linf-dist-0.1"].set_index("certifier")
+    assert linf.loc["linf-margin", "clean_acc"] > 0.6 and linf.loc["linf-margin", "certified_acc@0.10"] > 0.2
+    for col in [c for c in linf.columns if c.startswith("certified_acc@") and linf[c].notna().all()]:
+        assert linf.loc["pgd20", col] >= linf.loc["linf-margin", col], col
+        assert linf.loc["linf-interval", col] >= linf.loc["linf-margin", col], col  # the radii lie on the grid
+    assert set(linf["kind"]) == {"certified", "empirical"} and set(linf["norm"]) == {"linf"}
+    assert rows[rows["run"] == "backward-smoothing-0.1"]["clean_acc"].min() > 0.8
+    table = (smoke_run / "results/digits/tables/linf_accuracy.md").read_text()
+    assert "UPPER bound on robust accuracy" in table and "| empirical |" in table and "| certified |" in table

@@ -6,7 +6,7 @@ rule certify:
         tsv="results/{dataset}/{run}/seed{seed}/certify/{certifier}.tsv",
         meta="results/{dataset}/{run}/seed{seed}/certify/{certifier}.json",
     params:
-        spec=run_spec,
+        spec=certify_spec,
     log:
         "logs/certify/{dataset}/{run}/seed{seed}/{certifier}.log",
     benchmark:

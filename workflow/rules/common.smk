@@ -1,6 +1,8 @@
 """Config validation and the helpers the rules share."""
 import sys
 
+import methods.certify as mc_certifiers
+
 try:
     config.update(mc.validate(config))
 except mc.ConfigError as exc:
@@ -35,6 +37,13 @@ def run_spec(wildcards, drop=()):
     return mc.spec_json({k: v for k, v in spec.items() if k not in drop})
 
 
+def certify_spec(wildcards):
+    """The spec with only the certify settings this certifier reads (methods.certify.SETTINGS)."""
+    key = (wildcards.run, int(wildcards.seed))
+    run_spec(wildcards)  # checks the run, seed and dataset
+    return mc.spec_json(mc_certifiers.certifier_spec(SPECS[key], wildcards.certifier))
+
+
 def train_spec(wildcards):
     """The spec without its certify settings: changing n or alpha recertifies but never retrains."""
     return run_spec(wildcards, drop=("certify",))
@@ -48,6 +57,25 @@ def certify_outputs(dataset, ext="tsv"):
         if d == dataset
         for certifier in SPECS[run, seed]["certify"]["certifiers"]
     ]
+
+
+def norms(dataset):
+    """The norms ("l2", "linf") the dataset's certifiers evaluate: which report rules the DAG needs."""
+    return sorted({mc_certifiers.CERTIFIERS[certifier].norm for d, run, seed in RUNS if d == dataset
+                   for certifier in SPECS[run, seed]["certify"]["certifiers"]})
+
+
+def report_outputs(dataset):
+    """Figures and tables of one dataset: the l2 ones, the l-inf ones, whichever it has, and the timing table."""
+    out = [f"results/{dataset}/summary.csv"] + [f"results/{dataset}/tables/timing.{e}" for e in ("md", "tex", "csv")]
+    if "l2" in norms(dataset):
+        out += [f"figures/{dataset}/certified_accuracy.{e}" for e in ("png", "pdf")]
+        out += [f"results/{dataset}/tables/{t}.{e}" for t in ("certified_accuracy", "envelope")
+                for e in ("md", "tex", "csv")]
+    if "linf" in norms(dataset):
+        out += [f"figures/{dataset}/linf_accuracy.{e}" for e in ("png", "pdf")]
+        out += [f"results/{dataset}/tables/linf_accuracy.{e}" for e in ("md", "tex", "csv")]
+    return out
 
 
 def train_logs(dataset):
