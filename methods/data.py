@@ -64,21 +64,41 @@ def _missing(name: str, path: Path, hint: str) -> DatasetNotFound:
 
 
 def load(name: str, split: str, data_root: str | Path = "data", download: bool = False,
-         augment: bool = False) -> Dataset:
-    """The `split` ("train" or "test") of dataset `name`; `augment` adds the standard training augmentation."""
+         augment: bool | dict = False) -> Dataset:
+    """The `split` ("train" or "test") of dataset `name`.
+
+    `augment`: True = the dataset's standard training augmentation (CIFAR-10: RandomCrop(32, pad 4) + flip;
+    ImageNet: RandomResizedCrop + flip; none for digits and MNIST), or a dict {crop_padding, padding_mode
+    ("constant" | "edge"), flip} for a paper's own crop (ℓ∞-dist v2: CIFAR pad 3 edge + flip, MNIST pad 1 edge).
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    info(name)
+    meta = info(name)
     root = Path(data_root)
-    if name == "digits":
-        return _digits(split)
-    if name == "mnist":
-        return _mnist(root, split, download)
-    if name == "cifar10":
-        return _cifar10(root, split, download, augment)
+    custom = isinstance(augment, dict)
     if name == "imagenet":
+        if custom:
+            raise ValueError("imagenet: only the standard augmentation (augment: true) is supported")
         return _imagenet(root, split, augment)
-    return _synthetic(name, split)
+    if name == "digits":
+        data = _digits(split)
+    elif name == "mnist":
+        data = _mnist(root, split, download)
+    elif name == "cifar10":
+        data = _cifar10(root, split, download, augment is True)
+    else:
+        data = _synthetic(name, split)
+    if custom and split == "train":
+        data = _Augmented(data, crop_and_flip(meta.shape[1], **augment))
+    return data
+
+
+def crop_and_flip(size: int, crop_padding: int = 0, padding_mode: str = "constant", flip: bool = False):
+    """RandomCrop(size, padding, padding_mode) (+ horizontal flip): the training crops of the papers."""
+    from torchvision.transforms import v2
+
+    steps = [v2.RandomCrop(size, padding=crop_padding, padding_mode=padding_mode)] if crop_padding else []
+    return v2.Compose(steps + ([v2.RandomHorizontalFlip()] if flip else []))
 
 
 def _digits(split: str) -> Dataset:
@@ -138,9 +158,7 @@ def _cifar10(root: Path, split: str, download: bool, augment: bool) -> Dataset:
     x = torch.from_numpy(np.concatenate(images)).float().div_(255.0)
     data: Dataset = TensorDataset(x, torch.tensor(labels, dtype=torch.long))
     if augment:
-        from torchvision.transforms import v2
-
-        data = _Augmented(data, v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]))
+        data = _Augmented(data, crop_and_flip(32, crop_padding=4, flip=True))
     return data
 
 

@@ -30,6 +30,7 @@ from torch import nn
 from .registry import HparamError, StepResult, descend, require_choice, require_positive
 
 THREAT_MODEL = "linf-certified"
+ARCH = "linf_dist_mlp"  # the method's own architecture (build_model); the config's model.arch does not apply
 SOURCE = "official code (zbh2047/L_inf-dist-net-v2; v1: zbh2047/L_inf-dist-net)"
 
 INF = float("inf")

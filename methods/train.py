@@ -193,7 +193,7 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
     atomic_write_text(out_dir / "train_log.tsv", _log_tsv(rows))
     info = {"method": spec["method"], "dataset": spec["dataset"], "num_classes": data.info(spec["dataset"]).num_classes,
             "hparams": spec["hparams"], "epochs_done": len(rows),
-            "arch": models.resolved_arch(spec["model"]["arch"], spec["dataset"]),
+            "arch": getattr(method, "ARCH", None) or models.resolved_arch(spec["model"]["arch"], spec["dataset"]),
             "normalization": spec["model"]["normalization"], "mean": spec["model"].get("mean"),
             "std": spec["model"].get("std"), "threat_model": spec["threat_model"],
             "run": spec["run"], "seed": seed, "device": device_name(dev),

@@ -229,3 +229,26 @@ def test_run_resources_override_the_experiments():
     assert "resources" not in mc.resolve_run(cfg, "long", 0)  # requests never change what a job computes
     with pytest.raises(mc.ConfigError, match="runs.long.resources.train"):
         mc.validate({"runs": {"long": {"method": "cohen", "resources": {"train": {"runtime": 0}}}}})
+
+
+@pytest.mark.parametrize("config_name, runs", [
+    ("mnist", {"linf-dist-v2-0.1": "v2-mnist-0.1", "linf-dist-v2-0.3": "v2-mnist-0.3"}),
+    ("cifar10", {"linf-dist-v2-eps2": "v2-cifar10-2/255", "linf-dist-v2-eps8": "v2-cifar10-8/255",
+                 "linf-dist-v2-eps16": "v2-cifar10-16/255"}),
+])
+def test_paper_configs_carry_the_linf_dist_v2_settings(config_name, runs):
+    """Each ℓ∞-dist run is exactly its METHODS.md §6 setting (as transcribed in linf_dist.PAPER), with v2's optimizer,
+    schedule, batch and crop."""
+    from methods import linf_dist
+
+    cfg = mc.load(REPO / "config" / f"{config_name}.yaml")
+    for run, setting in runs.items():
+        spec = mc.resolve_run(cfg, run, 0)
+        assert linf_dist.Hparams(**spec["hparams"]) == linf_dist.paper_hparams(setting), run
+        paper, train = linf_dist.PAPER[setting], spec["train"]
+        assert (train["optimizer"], train["lr"], tuple(train["adam_betas"]), train["adam_eps"], train["batch_size"],
+                train["weight_decay"], train["schedule"], train["epochs"]) == (
+            paper["optimizer"], paper["lr"], paper["betas"], paper["adam_eps"], paper["batch_size"],
+            paper["weight_decay"], "cosine", paper["hparams"]["epochs"])
+        assert train["augment"]["padding_mode"] == "edge"
+        assert "linf-margin" in spec["certify"]["certifiers"]

@@ -364,3 +364,22 @@ def test_info_of_known_datasets():
     for name, meta in data.DATASETS.items():
         assert data.info(name) is meta and meta.name == name
         assert len(meta.mean) == len(meta.std) == meta.shape[0]
+
+
+def test_a_papers_own_crop_pads_with_edge_values_and_keeps_the_shape():
+    """ℓ∞-dist v2 crops with edge padding (not zeros): a padded border repeats the image's edge pixels."""
+    import torch
+
+    from methods import data
+
+    torch.manual_seed(0)
+    crop = data.crop_and_flip(8, crop_padding=3, padding_mode="edge", flip=False)
+    x = torch.rand(1, 8, 8) * 0.5 + 0.5  # no zeros anywhere
+    outs = [crop(x) for _ in range(50)]
+    assert all(o.shape == (1, 8, 8) for o in outs)
+    assert all(o.min() >= 0.5 for o in outs)  # zero padding would bring in zeros
+    zero_pad = data.crop_and_flip(8, crop_padding=3, padding_mode="constant")
+    assert any(zero_pad(x).min() == 0 for _ in range(50))
+    train = data.load("digits", "train", augment={"crop_padding": 1, "padding_mode": "edge", "flip": False})
+    test = data.load("digits", "test", augment={"crop_padding": 1, "padding_mode": "edge", "flip": False})
+    assert train[0][0].shape == (1, 8, 8) and torch.equal(test[0][0], data.load("digits", "test")[0][0])
