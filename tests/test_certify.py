@@ -201,3 +201,24 @@ def test_a_certify_job_depends_only_on_its_certifiers_settings(trained):
     assert certifier_spec(changed, "cohen")["certify"] == {**certifier_spec(spec, "cohen")["certify"], "n": 999}
     with pytest.raises(ValueError, match="unknown certifier"):
         certifier_spec(spec, "bogus")
+
+
+def test_trained_digits_linf_dist_net_is_1_lipschitz(linf_trained):
+    """|z(x) − z(x′)|∞ ≤ ‖x − x′‖∞ / std on pairs of digits test images and on nearby perturbations."""
+    import torch
+
+    from methods import data, load_checkpoint
+
+    path, _ = linf_trained
+    model, info = load_checkpoint(path)
+    assert info["arch"] == "linf_dist_mlp"
+    test = data.load("digits", "test")
+    x = torch.stack([test[i][0] for i in range(200)])
+    g = torch.Generator().manual_seed(0)
+    pairs = [(x[:100], x[100:]), (x[:100], (x[:100] + 0.2 * (2 * torch.rand(x[:100].shape, generator=g) - 1)).clamp(0, 1))]
+    with torch.no_grad():
+        for a, b in pairs:
+            lhs = (model(a) - model(b)).abs().amax(1)
+            rhs = (a - b).flatten(1).abs().amax(1) / model.scalar_std
+            assert (lhs <= rhs + 1e-5).all()
+            assert (lhs > 0.5 * rhs).any()  # and the bound is not vacuous
