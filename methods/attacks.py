@@ -59,7 +59,10 @@ def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tens
 
 
 def _pgd_run(model, x, y, eps, step_size, steps, loss, random_start, generator):
-    if random_start:
+    if random_start == "gaussian":  # the ℓ∞-dist nets' evaluation: N(0, (ε/4)²) clipped to ±ε/2
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+        x_adv = project_linf(x + (noise * eps / 4).clamp(-eps / 2, eps / 2), x, eps)
+    elif random_start:
         noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
         x_adv = project_linf(x + (2 * noise - 1) * eps, x, eps)
     else:
@@ -82,10 +85,12 @@ def _check_eps(eps: float, step_size: float, steps: int) -> None:
 
 
 def pgd_linf(model, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int, loss: str = "ce",
-             random_start: bool = False, restarts: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+             random_start: bool | str = False, restarts: int = 1,
+             generator: torch.Generator | None = None) -> torch.Tensor:
     """ℓ∞ PGD: `steps` ascent steps x ← proj(x + step_size·sign(∇ loss)), each projected onto the ε-ball around x
     and the [0, 1] box; loss "ce" (cross-entropy) or "cw" (the margin of `cw_margin`). No random start by default
-    (the backward-smoothing evaluation); with random_start the start is x + U[−ε, ε] (projected), drawn from
+    (the backward-smoothing evaluation); random_start="gaussian" starts at x + clip(N(0, (ε/4)²), ±ε/2) (the
+    ℓ∞-dist nets' evaluation); any other true random_start at x + U[−ε, ε] (projected), both drawn from
     `generator` (a CPU generator; the global RNG if None). The returned point is the last iterate, as in the
     reference. With restarts > 1 (random_start required) each example keeps the first restart's point that is
     misclassified, else the last restart's; restarts only re-attack the examples not yet fooled.
@@ -126,7 +131,7 @@ class PGD:
     step_size: float
     steps: int
     loss: str = "ce"
-    random_start: bool = False
+    random_start: bool | str = False  # True / "uniform": U[−ε, ε]; "gaussian": clip(N(0, (ε/4)²), ±ε/2)
     restarts: int = 1
 
     def at(self, eps: float) -> "PGD":

@@ -150,8 +150,8 @@ def objective(model, x: torch.Tensor, y: torch.Tensor, xi, hp: Hparams) -> StepR
 #: The paper's settings (METHODS.md §5). `train` uses the keys of this project's config `train:` block. The
 #: reference steps its MultiStepLR every iteration at milestones 50% and 75% of epochs·len(loader); with 391 batches
 #: of 128 per CIFAR epoch those are iterations 19,550 and 29,325, i.e. the first iterations of epochs 50 and 75
-#: (counted from 0), so per-epoch milestones [50, 75] give the same schedule. ResNet-18 / WRN-34-10 are not in
-#: methods/models.py yet (names only). "best" = highest PGD-20 (ε 0.031, step 0.0078) on the first 2,560 test images
+#: (counted from 0), so per-epoch milestones [50, 75] give the same schedule. ResNet-18 / WRN-34-10 are
+#: methods/models.py's resnet18 / wrn34_10. "best" = highest PGD-20 (ε 0.031, step 0.0078) on the first 2,560 test images
 #: (20 batches of 128), evaluated every epoch; PGD-100 on all 10,000 with that checkpoint; AutoAttack standard at
 #: exactly 8/255 on the first 10,000.
 _TRAIN = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128, epochs=100,

@@ -54,6 +54,9 @@ CERTIFIERS = {
                        "empirical radius (the largest eps of the grid the attack fails at): an upper bound on "
                        "robustness, not a certificate")
        for name in ("pgd20", "pgd100", "cw-pgd100", "autoattack")},
+    "linf-dist-pgd": Certifier(("linf-certified",), "linf", "empirical",
+                               "the l-inf-dist papers' PGD: 100 steps of eps/4 from x + clip(N(0, (eps/4)^2), "
+                               "+-eps/2), CE on s*z; empirical (an upper bound), not a certificate"),
 }
 #: The certify settings each norm's evaluators read; a certify job's spec keeps only these, so changing n re-runs
 #: no ℓ∞ evaluation, changing the ε grid no smoothing certificate, and adding a certifier re-runs nothing else.
@@ -161,7 +164,7 @@ def _smoothing_evaluator(certifier: str, model, info: dict, cfg: dict, seed: int
     return lambda xs, ys, idxs: [one(x, idx) for x, idx in zip(xs, idxs)]
 
 
-def _linf_evaluator(certifier: str, model, info: dict, cfg: dict):
+def _linf_evaluator(certifier: str, model, info: dict, cfg: dict, seed: int):
     """A whole batch at once: ℓ∞-dist certificates (margin/2, or interval bounds on the ε grid) or an attack's
     empirical radius on the ε grid."""
     from . import attacks
@@ -186,11 +189,16 @@ def _linf_evaluator(certifier: str, model, info: dict, cfg: dict):
             return predictions, radius
     else:
         attack = EMPIRICAL_ATTACKS[certifier](info["num_classes"])
+        if certifier == "linf-dist-pgd":
+            from .linf_dist import ScaledLogits
+
+            model = ScaledLogits(model)
 
         def run(xs, ys):
             return attacks.predict(model, xs), attacks.empirical_radius(model, xs, ys, grid, attack)
 
     def evaluate(xs, ys, idxs):
+        torch.manual_seed(seed * 2**32 + idxs[0])  # random starts: reproducible batch by batch
         predictions, radius = run(xs, ys)
         return list(zip(predictions.tolist(), radius.tolist()))
 
@@ -203,20 +211,20 @@ def _autoattack(num_classes: int):
     return lambda model, x, y, eps: autoattack(model, x, y, eps, num_classes=num_classes)
 
 
-def _pgd(preset: str, loss: str = "ce"):
+def _pgd(preset: str, loss: str = "ce", random_start: bool | str = False):
     def build(num_classes: int):
         from dataclasses import replace
 
         from . import attacks
 
-        return replace(getattr(attacks, preset), loss=loss)
+        return replace(getattr(attacks, preset), loss=loss, random_start=random_start)
     return build
 
 
 #: Empirical ℓ∞ evaluators: certifier name → (num_classes → attack(model, x, y, eps)). PGD steps are ε/4 at every ε
 #: of the grid (2/255 at 8/255), no random start.
 EMPIRICAL_ATTACKS = {"pgd20": _pgd("PGD20"), "pgd100": _pgd("PGD100"), "cw-pgd100": _pgd("PGD100", "cw"),
-                     "autoattack": _autoattack}
+                     "linf-dist-pgd": _pgd("PGD100", random_start="gaussian"), "autoattack": _autoattack}
 
 
 def certifier_max_radius(certifier: str, cfg: dict, sigma: float | None, num_classes: int) -> float | None:
@@ -263,7 +271,7 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
     if CERTIFIERS[certifier].norm == "l2":
         evaluate, chunk = _smoothing_evaluator(certifier, model, info, cfg, spec["seed"], dev), 1
     else:
-        evaluate, chunk = _linf_evaluator(certifier, model, info, cfg), cfg["batch_size"]
+        evaluate, chunk = _linf_evaluator(certifier, model, info, cfg, spec["seed"]), cfg["batch_size"]
 
     partial = out.with_name(out.name + ".partial")
     fingerprint = _fingerprint(Path(checkpoint), spec, certifier, shard, shards)

@@ -521,6 +521,17 @@ def paper_hparams(setting: str) -> Hparams:
 # the method contract (methods/registry.py): the architecture and the optimizer groups are part of the method
 
 
+class ScaledLogits(nn.Module):
+    """s·z: what v2's cross-entropy, and so its PGD evaluation, sees (margins and certificates use raw z)."""
+
+    def __init__(self, net: LinfDistMLP):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net.scale * self.net(x)
+
+
 def build_model(dataset: str, hp: Hparams, model_cfg: dict) -> LinfDistMLP:
     """The ℓ∞-dist MLP for `dataset`: per-channel means (the config's `model.mean`, else the dataset's) and the
     method's one scalar std, so ε converts exactly between pixel and network units."""

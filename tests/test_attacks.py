@@ -348,3 +348,17 @@ def test_autoattack_missing_package_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ImportError, match="torchattacks"):
         attacks.autoattack(_cnn(), *_images(size=2), 0.03)
+
+
+def test_gaussian_start_is_the_linf_dist_papers():
+    """random_start="gaussian": x + clip(N(0, (ε/4)²), ±ε/2), then projected; with 0 steps that is the result."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x = 0.25 + 0.5 * torch.rand(64, 1, 4, 4)
+    y = torch.zeros(64, dtype=torch.long)
+    eps = 0.1
+    x0 = attacks.pgd_linf(model, x, y, eps, eps / 4, steps=0, random_start="gaussian",
+                          generator=torch.Generator().manual_seed(1))
+    delta = x0 - x
+    assert delta.abs().max() <= eps / 2 + 1e-6 and (delta.abs() > eps / 2 - 1e-6).any()  # clipped at ±ε/2
+    assert abs(delta.std().item() - eps / 4) < 0.1 * eps / 4 + 0.002  # N(0, (ε/4)²) before the clip

@@ -222,3 +222,15 @@ def test_trained_digits_linf_dist_net_is_1_lipschitz(linf_trained):
             rhs = (a - b).flatten(1).abs().amax(1) / model.scalar_std
             assert (lhs <= rhs + 1e-5).all()
             assert (lhs > 0.5 * rhs).any()  # and the bound is not vacuous
+
+
+def test_linf_dist_papers_pgd_is_reproducible_and_respects_certificates(linf_trained, tmp_path):
+    model, spec = linf_trained
+    runs = [read_tsv(certify_run(model, spec, tmp_path / f"{i}.tsv", certifier="linf-dist-pgd", device="cpu",
+                                 progress=False)) for i in range(2)]
+    pd.testing.assert_frame_equal(_without_time(runs[0]), _without_time(runs[1]))
+    margin = read_tsv(certify_run(model, spec, tmp_path / "m.tsv", certifier="linf-margin", device="cpu",
+                                  progress=False))
+    for eps in spec["certify"]["eps_grid"]:
+        certified = (margin["correct"] == 1) & (margin["radius"] > eps)
+        assert (runs[0].loc[certified, "radius"] >= eps).all()

@@ -252,3 +252,19 @@ def test_paper_configs_carry_the_linf_dist_v2_settings(config_name, runs):
             paper["weight_decay"], "cosine", paper["hparams"]["epochs"])
         assert train["augment"]["padding_mode"] == "edge"
         assert "linf-margin" in spec["certify"]["certifiers"]
+
+
+def test_cifar10_config_carries_backward_smoothings_settings():
+    from methods import backward_smoothing
+
+    paper = backward_smoothing.PAPER["cifar10"]
+    cfg = mc.load(REPO / "config" / "cifar10.yaml")
+    specs = [mc.resolve_run(cfg, r, 0) for r in cfg["runs"] if cfg["runs"][r]["method"] == "backward_smoothing"]
+    assert sorted(s["model"]["arch"] for s in specs) == sorted(paper["archs"])
+    for spec in specs:
+        assert spec["hparams"] == paper["hparams"]
+        assert {k: spec["train"][k] for k in paper["train"]} == paper["train"]
+        assert (tuple(spec["model"]["mean"]), tuple(spec["model"]["std"])) == (
+            paper["normalization"]["mean"], paper["normalization"]["std"])
+        assert {"pgd20", "pgd100", "autoattack"} <= set(spec["certify"]["certifiers"])
+        assert 8 / 255 in spec["certify"]["eps_grid"] and 0.031 in spec["certify"]["eps_grid"]
