@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import HparamError, StepResult, descend, require_choice, require_positive
+from .registry import HparamError, StepResult, descend, require_choice, require_non_negative, require_positive
 
 THREAT_MODEL = "linf-certified"
 ARCH = "linf_dist_mlp"  # the method's own architecture (build_model); the config's model.arch does not apply
@@ -342,11 +342,13 @@ class Hparams:
     p_end: float = 1250
     epochs: int = 1300
     hinge_mix: float = 0.75  # v1: weight of the max term (the mean term gets 1 − mix)
+    row_weight_decay: float = 0.0  # v1: 5e-3, decoupled ℓp-row decay before each Adam step (see `row_weight_decay`)
 
     def __post_init__(self):
         require_choice(self, "loss", ("v1", "v2"))
         require_positive(self, "eps_train", "eps_test", "scalar_std", "depth", "width", "lambda0", "lambda_end",
                          "epochs")
+        require_non_negative(self, "row_weight_decay")
         if not 1 <= self.p0 <= self.p1:
             raise HparamError("p1", f"need 1 <= p0 <= p1, got p0={self.p0}, p1={self.p1}")
         if not 0 <= self.p_start <= self.p_end <= self.epochs:
@@ -505,7 +507,7 @@ PAPER = {
     # λ fields are unused by the v1 loss. Decoupled ℓp-row weight decay 5e-3 (METHODS.md) is the loop's job.
     "v1-cifar10-8/255": dict(hparams=dict(loss="v1", depth=6, width=5120, p0=8.0, p1=1000.0, p_start=100,
                                           p_end=750, epochs=800, eps_train=0.1568, eps_test=8 / 255,
-                                          scalar_std=0.2009),
+                                          scalar_std=0.2009, row_weight_decay=5e-3),
                              **dict(_CIFAR, augment="RandomCrop(32, pad 4, zeros) + flip"),
                              optimizer="adam", betas=(0.9, 0.99), adam_eps=1e-10, lr=0.02, batch_size=512,
                              weight_decay=5e-3, weight_decay_kind="decoupled lp-row, before the Adam step",
@@ -560,6 +562,30 @@ def objective(model: LinfDistMLP, x, y, draws, hp: Hparams) -> StepResult:
     return StepResult(loss(z, y, hp, hp.p_end, model.scale), (z.argmax(1) == y).sum(), len(y))
 
 
+@torch.no_grad()
+def row_weight_decay(model: LinfDistMLP, lr: float, wd: float) -> None:
+    """v1's decoupled ℓp-row weight decay: w ← w − lr·wd·(|w| / ‖w_row‖_p)^(p−2)·w at the layers' current p, the
+    gradient of ½‖w_row‖_p² scaled to ℓ2 decay at p = 2; at p = ∞ only each row's largest |w| decays."""
+    for layer in model.layers:
+        w, p = layer.weight, layer.p
+        magnitude = w.abs()
+        if math.isinf(p):
+            factor = (magnitude == magnitude.amax(1, keepdim=True)).to(w.dtype)
+        else:
+            norm = torch.linalg.vector_norm(w / magnitude.amax(1, keepdim=True).clamp_min(1e-30), ord=p, dim=1,
+                                            keepdim=True) * magnitude.amax(1, keepdim=True)
+            factor = (magnitude / norm.clamp_min(1e-30)) ** (p - 2)
+        w.sub_(lr * wd * factor * w)
+
+
 def train_step(model: LinfDistMLP, optimizer, x, y, hp: Hparams, epoch: float) -> StepResult:
-    """p and λ follow the per-mini-batch schedule: `epoch` is fractional progress (epoch + batch fraction)."""
-    return descend(optimizer, step_objective(model, x, y, hp, epoch))
+    """p and λ follow the per-mini-batch schedule: `epoch` is fractional progress (epoch + batch fraction). v1's
+    row weight decay is applied between the backward pass and the Adam step, as the reference does."""
+    if not hp.row_weight_decay:
+        return descend(optimizer, step_objective(model, x, y, hp, epoch))
+    result = step_objective(model, x, y, hp, epoch)
+    optimizer.zero_grad(set_to_none=True)
+    result.loss.backward()
+    row_weight_decay(model, optimizer.param_groups[0]["lr"], hp.row_weight_decay)
+    optimizer.step()
+    return result

@@ -268,3 +268,17 @@ def test_cifar10_config_carries_backward_smoothings_settings():
             paper["normalization"]["mean"], paper["normalization"]["std"])
         assert {"pgd20", "pgd100", "autoattack"} <= set(spec["certify"]["certifiers"])
         assert 8 / 255 in spec["certify"]["eps_grid"] and 0.031 in spec["certify"]["eps_grid"]
+
+
+def test_cifar10_config_carries_the_linf_dist_v1_settings():
+    from methods import linf_dist
+
+    cfg = mc.load(REPO / "config" / "cifar10.yaml")
+    spec = mc.resolve_run(cfg, "linf-dist-v1-eps8", 0)
+    paper = linf_dist.PAPER["v1-cifar10-8/255"]
+    assert linf_dist.Hparams(**spec["hparams"]) == linf_dist.paper_hparams("v1-cifar10-8/255")
+    train = spec["train"]
+    assert (train["lr"], train["batch_size"], train["epochs"], train["schedule"], train["cosine_start"]) == (
+        paper["lr"], paper["batch_size"], 800, "cosine", 100)
+    assert train["weight_decay"] == 0.0 and spec["hparams"]["row_weight_decay"] == paper["weight_decay"]
+    assert train["augment"] is True  # RandomCrop(32, pad 4, zeros) + flip: the CIFAR-10 standard

@@ -416,3 +416,56 @@ def test_hparams_defaults_and_paper_settings():
 def test_hparams_reject_bad_values(field, value):
     with pytest.raises(HparamError):
         ld.Hparams(**{field: value})
+
+
+def test_v1_row_weight_decay_by_hand():
+    """p = 2: plain decoupled decay w ← (1 − lr·wd)·w; p = ∞: only each row's largest |w| decays; finite p: the
+    gradient of ½‖w_row‖_p², (|w|/‖w_row‖_p)^(p−2)·w."""
+    from methods import linf_dist as L
+
+    torch.manual_seed(0)
+    model = L.LinfDistMLP((1, 2, 2), 3, depth=2, width=4, mean=[0.5], scalar_std=0.5)
+    before = [layer.weight.detach().clone() for layer in model.layers]
+    model.set_p(2.0)
+    L.row_weight_decay(model, lr=0.1, wd=0.5)
+    for layer, w in zip(model.layers, before):
+        torch.testing.assert_close(layer.weight.detach(), w * (1 - 0.05))
+    model.set_p(float("inf"))
+    before = [layer.weight.detach().clone() for layer in model.layers]
+    L.row_weight_decay(model, lr=0.1, wd=0.5)
+    for layer, w in zip(model.layers, before):
+        top = w.abs() == w.abs().amax(1, keepdim=True)
+        torch.testing.assert_close(layer.weight.detach(), torch.where(top, w * 0.95, w))
+    model.set_p(8.0)
+    w = model.layers[0].weight.detach().clone()
+    L.row_weight_decay(model, lr=0.1, wd=0.5)
+    norm = w.abs().pow(8).sum(1, keepdim=True).pow(1 / 8)
+    torch.testing.assert_close(model.layers[0].weight.detach(), w - 0.05 * (w.abs() / norm) ** 6 * w)
+
+
+def test_v1_train_step_decays_between_backward_and_the_adam_step(monkeypatch):
+    from methods import linf_dist as L
+
+    order = []
+    monkeypatch.setattr(L, "row_weight_decay", lambda model, lr, wd: order.append(("decay", lr, wd)))
+    model = L.LinfDistMLP((1, 2, 2), 3, depth=2, width=4, mean=[0.5], scalar_std=0.5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    real_step = optimizer.step
+    optimizer.step = lambda *a, **k: (order.append("step"), real_step(*a, **k))[1]
+    hp = L.Hparams(loss="v1", depth=2, width=4, scalar_std=0.5, row_weight_decay=5e-3, p_start=1, p_end=2, epochs=3)
+    L.train_step(model, optimizer, torch.rand(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1]), hp, 0.5)
+    assert order == [("decay", 0.02, 5e-3), "step"]
+    assert L.paper_hparams("v1-cifar10-8/255").row_weight_decay == 5e-3
+
+
+def test_cosine_after_a_constant_phase():
+    from methods.train import build_scheduler
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = build_scheduler(opt, {"schedule": "cosine", "cosine_start": 2, "epochs": 6})
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1, 1, 1, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))])
