@@ -71,7 +71,8 @@ def build_scheduler(optimizer, cfg: dict):
         return sched.MultiStepLR(optimizer, milestones=cfg["milestones"], gamma=cfg["gamma"])
     if kind == "cosine" and cfg["cosine_start"]:  # constant, then cosine to 0 (ℓ∞-dist v1: from epoch 100)
         start, span = cfg["cosine_start"], cfg["epochs"] - cfg["cosine_start"]
-        return sched.LambdaLR(optimizer, lambda e: 1.0 if e < start else 0.5 * (1 + math.cos(math.pi * (e - start) / span)))
+        return sched.LambdaLR(optimizer,
+                              lambda e: 1.0 if e < start else 0.5 * (1 + math.cos(math.pi * (e - start) / span)))
     if kind == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
     return sched.LambdaLR(optimizer, lambda epoch: 1.0)
