@@ -160,20 +160,12 @@ _EVALUATION = dict(pgd20=dict(eps=0.031, step_size=0.0078, steps=20, loss="ce", 
                    best_checkpoint_images=2560,
                    pgd100=dict(eps=0.031, step_size=0.0078, steps=100, loss="ce", random_start=False),
                    autoattack=dict(version="standard", eps=8 / 255, images=10000))
+_COMMON = dict(archs=("resnet18", "wrn34_10"), train=_TRAIN, augment="RandomCrop(32, padding 4) + horizontal flip",
+               hparams=dict(epsilon=0.031, step_size=0.031, gamma=1.0, beta=6.0, steps=1), evaluation=_EVALUATION)
 PAPER = {
-    "cifar10": dict(
-        archs=("resnet18", "wrn34_10"), train=_TRAIN, augment="RandomCrop(32, padding 4) + horizontal flip",
-        hparams=dict(epsilon=0.031, step_size=0.031, gamma=1.0, beta=6.0, steps=1),
-        normalization=dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)),
-        evaluation=_EVALUATION,
-        # WideResNet-34-10, AutoAttack (standard, ε = 8/255), public leaderboard entry of the paper's model (%).
-        published=dict(arch="wrn34_10", clean=85.32, autoattack=51.12),
-    ),
-    "cifar100": dict(
-        archs=("resnet18", "wrn34_10"), train=_TRAIN, augment="RandomCrop(32, padding 4) + horizontal flip",
-        hparams=dict(epsilon=0.031, step_size=0.031, gamma=1.0, beta=6.0, steps=1),
-        normalization=dict(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761)),
-        evaluation=_EVALUATION,
-        published=dict(arch="wrn34_10", clean=62.15, autoattack=26.94),
-    ),
+    # WideResNet-34-10, AutoAttack (standard, ε = 8/255), public leaderboard entries of the paper's models (%).
+    "cifar10": dict(_COMMON, normalization=dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)),
+                    published=dict(arch="wrn34_10", clean=85.32, autoattack=51.12)),
+    "cifar100": dict(_COMMON, normalization=dict(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761)),
+                     published=dict(arch="wrn34_10", clean=62.15, autoattack=26.94)),
 }

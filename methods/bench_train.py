@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from . import data
+from . import data, models
 from .io import device_name, select_device, synchronize
 from .registry import get_method
-from .train import build_model, default_train_step, method_optimizer
+from .train import default_train_step, method_optimizer
 
 #: Training-set sizes the sec/epoch extrapolation uses (synthetic datasets stand for the real ones).
 TRAIN_SIZES = {"digits": 1297, "mnist": 60_000, "cifar10": 50_000, "imagenet": 1_281_167,
@@ -32,7 +32,7 @@ def time_train_steps(spec: dict, dataset: str, steps: int, warmup: int, device: 
     method = get_method(spec["method"])
     hp = method.Hparams(**spec["hparams"])
     torch.manual_seed(0)
-    model = build_model(method, hp, spec["model"], dataset).to(dev).train()
+    model = models.for_method(method, hp, spec["model"], dataset).to(dev).train()
     optimizer = method_optimizer(method, model, hp, spec["train"])
     step = getattr(method, "train_step", None) or (lambda *a: default_train_step(method, *a))
     batch = spec["train"]["batch_size"]

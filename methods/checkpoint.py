@@ -30,9 +30,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise ValueError(f"{path} is not a model file of this harness (expected keys state_dict and info)")
     info = blob["info"]
     method = get_method(info["method"])
-    if hasattr(method, "build_model"):
-        model = method.build_model(info["dataset"], method.Hparams(**info["hparams"]), info)
-    else:
-        model = models.build(info["arch"], info["dataset"], info["normalization"], info.get("mean"), info.get("std"))
+    model = models.for_method(method, method.Hparams(**info["hparams"]), info, info["dataset"])
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval(), info

@@ -233,5 +233,13 @@ def from_spec(model_cfg: dict, dataset: str) -> nn.Sequential:
     return build(model_cfg["arch"], dataset, model_cfg["normalization"], model_cfg.get("mean"), model_cfg.get("std"))
 
 
+def for_method(method, hp, model_cfg: dict, dataset: str) -> nn.Module:
+    """The method's own architecture where it has one (ℓ∞-dist nets), else the one `model_cfg` describes (a spec's
+    `model` section, or a model file's info)."""
+    if hasattr(method, "build_model"):
+        return method.build_model(dataset, hp, model_cfg)
+    return from_spec(model_cfg, dataset)
+
+
 def resolved_arch(arch: str, dataset: str) -> str:
     return data.info(dataset).default_arch if arch == "auto" else arch

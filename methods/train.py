@@ -40,13 +40,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def build_model(method, hp, model_cfg: dict, dataset: str) -> torch.nn.Module:
-    """The method's own architecture where it has one (ℓ∞-dist nets), else the config's `model` section."""
-    if hasattr(method, "build_model"):
-        return method.build_model(dataset, hp, model_cfg)
-    return models.from_spec(model_cfg, dataset)
-
-
 def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
     if cfg["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
@@ -121,7 +114,7 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
     epochs = cfg["epochs"]
 
     torch.manual_seed(seed)
-    model = build_model(method, hp, spec["model"], spec["dataset"]).to(dev)
+    model = models.for_method(method, hp, spec["model"], spec["dataset"]).to(dev)
     optimizer = method_optimizer(method, model, hp, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     step = getattr(method, "train_step", None) or (lambda *a: default_train_step(method, *a))
