@@ -16,7 +16,8 @@ import pandas as pd
 
 from .certify import read_tsv
 
-TSV_PATH = re.compile(r"(?P<dataset>[^/]+)/(?P<run>[^/]+)/seed(?P<seed>\d+)/certify/(?P<certifier>[^/]+)\.tsv$")
+TSV_PATH = re.compile(r"(?P<dataset>[^/]+)/(?P<run>[^/]+)/seed(?P<seed>\d+)/certify(?P<best>-best)?/"
+                      r"(?P<certifier>[^/]+)\.tsv$")
 
 
 def radius_column(r: float) -> str:
@@ -33,18 +34,21 @@ def average_certified_radius(frame: pd.DataFrame) -> float:
 
 
 def _train_log_stats(run_dir: Path) -> dict:
-    """Train-only seconds per epoch, and train + per-epoch test pass where the run evaluated each epoch (the papers
-    do not say which of the two their sec/epoch is, so both are reported)."""
+    """Train-only seconds per epoch, and train + the per-epoch test passes (test loss, checkpoint selection) where
+    the run made any (the papers do not say which of the two their sec/epoch is, so both are reported)."""
     log = pd.read_csv(run_dir / "train_log.tsv", sep="\t")
-    eval_seconds = pd.to_numeric(log.get("eval_seconds", pd.Series(index=log.index, dtype=float)), errors="coerce")
-    with_eval = float((log["train_seconds"] + eval_seconds).mean()) if eval_seconds.notna().all() else float("nan")
+    passes = [pd.to_numeric(log[c], errors="coerce") for c in ("eval_seconds", "select_seconds") if c in log]
+    passes = [p for p in passes if p.notna().all()]
+    with_eval = float((log["train_seconds"] + sum(passes)).mean()) if passes else float("nan")
     return {"train_sec_per_epoch": float(log["train_seconds"].mean()), "train_eval_sec_per_epoch": with_eval,
             "epochs": int(len(log)), "train_hours": float(log["train_seconds"].sum()) / 3600}
 
 
 def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path,
               notes: dict[str, str] | None = None, linf_radii: list[float] | None = None) -> pd.DataFrame:
-    """One row per per-example TSV (run × certifier × seed); paths must be <dataset>/<run>/seed<s>/certify/<c>.tsv.
+    """One row per per-example TSV (run × certifier × seed × checkpoint); paths must be
+    <dataset>/<run>/seed<s>/certify/<c>.tsv (the last epoch) or .../certify-best/<c>.tsv (the epoch picked by
+    train.select_best; `checkpoint` = "best", `selected_by` says how and `best_epoch` which).
 
     Accuracy columns are at `radii` for ℓ2 rows and at `linf_radii` (pixel units) for ℓ∞ rows; a row leaves the
     other norm's columns empty. For ℓ∞ rows `kind` says whether the radius is certified or empirical.
@@ -60,13 +64,14 @@ def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path,
     for tsv in map(Path, tsv_files):
         match = TSV_PATH.search(tsv.as_posix())
         if not match:
-            raise ValueError(f"{tsv}: not a results/<dataset>/<run>/seed<s>/certify/<certifier>.tsv path")
+            raise ValueError(f"{tsv}: not a results/<dataset>/<run>/seed<s>/certify[-best]/<certifier>.tsv path")
         frame = read_tsv(tsv)
         meta = json.loads(tsv.with_suffix(".json").read_text())
         info = meta["model_info"]
         run_dir = tsv.parent.parent
         row = {"dataset": match["dataset"], "run": match["run"], "method": info["method"],
-               "seed": int(match["seed"]), "certifier": match["certifier"], "norm": CERTIFIERS[match["certifier"]].norm,
+               "seed": int(match["seed"]), "certifier": match["certifier"],
+               "checkpoint": "best" if match["best"] else "last", "norm": CERTIFIERS[match["certifier"]].norm,
                "kind": CERTIFIERS[match["certifier"]].kind, "sigma": meta.get("sigma"),
                "clean_acc": float(frame["correct"].mean()), "acr": average_certified_radius(frame)}
         norm_radii = linf_radii if row["norm"] == "linf" and linf_radii else radii
@@ -79,9 +84,11 @@ def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path,
                     "max_radius": meta.get("max_radius"),
                     "certify_file": tsv.as_posix(), "source": get_method(info["method"]).SOURCE,
                     "certifier_note": CERTIFIERS[match["certifier"]].note,
-                    "note": notes.get(match["run"], "")})
+                    "note": notes.get(match["run"], ""), "best_epoch": info.get("best_epoch"),
+                    "selected_by": info.get("selected_by", "")})
         rows.append(row)
-    summary = pd.DataFrame(rows).sort_values(["dataset", "method", "sigma", "run", "certifier", "seed"])
+    summary = pd.DataFrame(rows).sort_values(["dataset", "method", "sigma", "run", "certifier", "checkpoint",
+                                              "seed"])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out, index=False)
     return summary
@@ -89,10 +96,19 @@ def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path,
 
 # ---------------------------------------------------------------- tables
 
+def _checkpoints(summary: pd.DataFrame) -> pd.Series:
+    """"last" for every row of a summary written before checkpoints were told apart."""
+    return summary.get("checkpoint", pd.Series("last", index=summary.index)).fillna("last")
+
+
 def _label(summary: pd.DataFrame) -> pd.Series:
-    """Run name, plus the certifier when a run has several, plus footnote marks (see `footnotes`)."""
+    """Run name, plus the certifier when a run has several, plus "best"/"last" when a run has both checkpoints, plus
+    footnote marks (see `footnotes`)."""
     several = summary.groupby("run")["certifier"].transform("nunique") > 1
     label = summary["run"].where(~several, summary["run"] + " (" + summary["certifier"] + ")")
+    checkpoint = _checkpoints(summary)
+    both = checkpoint.groupby(summary["run"]).transform("nunique") > 1
+    label = label.where(~both, label + " [" + checkpoint + "]")
     marks, _ = footnotes(summary)
     return label + marks
 
@@ -107,6 +123,10 @@ def _caveats(row) -> list[str]:
         text = row.get(key, "")
         if isinstance(text, str) and text:
             out.append(f"{row['certifier']}: {text}" if key == "certifier_note" else f"{row['run']}: {text}")
+    selected_by = row.get("selected_by", "")
+    if row.get("checkpoint") == "best" and isinstance(selected_by, str) and selected_by:
+        out.append(f"{row['run']} [best]: the epoch with the highest {selected_by} (selected on test images, as the "
+                   f"paper's code does; see best_epoch in summary.csv)")
     return out
 
 
@@ -168,7 +188,9 @@ def envelope_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def timing_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """sec/epoch, epochs, total hours and ACR per run (as MACER's Table 3), with the device it was measured on."""
+    """sec/epoch, epochs, total hours and ACR per run (as MACER's Table 3), with the device it was measured on. A run
+    with a selected "best" checkpoint is timed once, on its last-epoch rows (training is the same run)."""
+    summary = summary[_checkpoints(summary) == "last"]
     return (summary.assign(model=_label(summary))
             .groupby(["model", "method"], sort=False)
             .agg(sec_per_epoch=("train_sec_per_epoch", "mean"),

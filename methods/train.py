@@ -6,7 +6,8 @@ checkpoint carries model, optimizer and scheduler state, so a run killed after e
 same weights as an uninterrupted run (bit-identical on CPU).
 
 Layout of a run directory:
-    model.pt          final model (declared Snakemake output)
+    model.pt          final model, the last epoch's weights (declared Snakemake output)
+    model_best.pt     where `train.select_best` is set: the epoch with the highest selection accuracy (declared)
     train_log.tsv     one row per finished epoch (declared output; rewritten from the checkpoint on resume)
     run.json          resolved spec + provenance (git commit, versions, device)
     state/checkpoint.pt   resume state; not a declared output, so Snakemake never deletes it after a kill
@@ -31,7 +32,8 @@ from .config import spec_json
 from .io import atomic_save, atomic_write_text, device_name, provenance, select_device, synchronize, write_json
 from .registry import StepResult, descend, get_method
 
-LOG_COLUMNS = ("epoch", "train_seconds", "loss", "accuracy", "lr", "eval_seconds", "test_loss", "test_accuracy")
+LOG_COLUMNS = ("epoch", "train_seconds", "loss", "accuracy", "lr", "eval_seconds", "test_loss", "test_accuracy",
+               "select_seconds", "select_accuracy")
 STATE_FILE = Path("state") / "checkpoint.pt"
 
 
@@ -89,6 +91,36 @@ def _log_tsv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def selection_subset(dataset: str, select: dict, spec: dict):
+    """The first `select.images` test images: the images that pick the "best" epoch (the backward-smoothing code's
+    first 20 test batches of 128)."""
+    test_set = data.load(dataset, "test", spec["data_root"], spec["download"])
+    if select["images"] > len(test_set):
+        raise ValueError(f"train.select_best.images = {select['images']} but the {dataset} test set has only "
+                         f"{len(test_set)} images")
+    return torch.utils.data.Subset(test_set, range(select["images"]))
+
+
+def selection_accuracy(model, loader, select: dict, device) -> float:
+    """Robust accuracy under PGD (select's eps, step_size, steps, loss; no random start) in eval mode: the score that
+    picks the "best" checkpoint. An attack's accuracy, an upper bound on robust accuracy."""
+    from .attacks import pgd_linf, predict
+
+    correct, count = 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        x_adv = pgd_linf(model, x, y, select["eps"], select["step_size"], select["steps"], select.get("loss", "ce"))
+        correct += int((predict(model, x_adv) == y).sum())
+        count += len(y)
+    return correct / count
+
+
+def selection_description(select: dict) -> str:
+    return (f"PGD-{select['steps']} ({select.get('loss', 'ce').upper()}, eps {select['eps']:g}, step "
+            f"{select['step_size']:g}, no random start) accuracy on test images 0-{select['images'] - 1}, after "
+            f"every epoch")
+
+
 @torch.no_grad()
 def evaluate(method, model, loader, hp, device) -> tuple[float, float]:
     """The method's objective on the test set in eval mode (for Cohen: noisy test loss and accuracy)."""
@@ -121,6 +153,8 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
 
     state_path = out_dir / STATE_FILE
     rows: list[dict] = []
+    select = cfg.get("select_best")
+    best: dict | None = None  # {"epoch", "accuracy", "model"}: the selected epoch so far (part of the resume state)
     fingerprint = training_fingerprint(spec)
     if state_path.exists():
         state = torch.load(state_path, map_location=dev, weights_only=True)
@@ -129,6 +163,7 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             rows = list(state["log"])
+            best = state.get("best")
             print(f"resuming {spec['run']} seed {seed} after epoch {len(rows)}/{epochs}", flush=True)
         else:
             stale = state_path.with_suffix(".stale.pt")
@@ -141,6 +176,10 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
     if cfg["eval_each_epoch"]:
         test_loader = DataLoader(data.load(spec["dataset"], "test", spec["data_root"], spec["download"]),
                                  batch_size=cfg["batch_size"], num_workers=cfg["num_workers"])
+    select_loader = None
+    if select:
+        select_loader = DataLoader(selection_subset(spec["dataset"], select, spec), batch_size=cfg["batch_size"],
+                                   num_workers=cfg["num_workers"])
     write_json(out_dir / "run.json", {"spec": spec, "provenance": provenance(dev)})
 
     for epoch in range(len(rows), epochs):
@@ -171,29 +210,47 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
         if not math.isfinite(loss):
             raise FloatingPointError(f"{spec['run']} seed {seed}: training loss is {loss} in epoch {epoch + 1}")
         row = {"epoch": epoch + 1, "train_seconds": train_seconds, "loss": loss, "accuracy": accuracy, "lr": lr,
-               "eval_seconds": "", "test_loss": "", "test_accuracy": ""}
+               "eval_seconds": "", "test_loss": "", "test_accuracy": "", "select_seconds": "", "select_accuracy": ""}
         if test_loader is not None:
             t1 = time.perf_counter()
             row["test_loss"], row["test_accuracy"] = evaluate(method, model, test_loader, hp, dev)
             synchronize(dev)
             row["eval_seconds"] = time.perf_counter() - t1
+        if select_loader is not None:
+            t1 = time.perf_counter()
+            row["select_accuracy"] = selection_accuracy(model, select_loader, select, dev)
+            synchronize(dev)
+            row["select_seconds"] = time.perf_counter() - t1
+            if best is None or row["select_accuracy"] > best["accuracy"]:  # ties keep the earlier epoch
+                best = {"epoch": epoch + 1, "accuracy": row["select_accuracy"],
+                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         rows.append(row)
         atomic_save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "log": rows}, state_path)
+                     "scheduler": scheduler.state_dict(), "log": rows, "best": best}, state_path)
         atomic_write_text(out_dir / "train_log.tsv", _log_tsv(rows))
         print(f"{spec['run']} seed {seed} epoch {epoch + 1}/{epochs}: loss {loss:.4f} acc {accuracy:.4f} "
-              f"lr {lr:.4g} {train_seconds:.2f}s" + (f" test acc {row['test_accuracy']:.4f}" if test_loader else ""),
+              f"lr {lr:.4g} {train_seconds:.2f}s" + (f" test acc {row['test_accuracy']:.4f}" if test_loader else "")
+              + (f" select acc {row['select_accuracy']:.4f} (best: epoch {best['epoch']})" if select else ""),
               flush=True)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
 
     atomic_write_text(out_dir / "train_log.tsv", _log_tsv(rows))
     info = {"method": spec["method"], "dataset": spec["dataset"], "num_classes": data.info(spec["dataset"]).num_classes,
-            "hparams": spec["hparams"], "epochs_done": len(rows),
+            "hparams": spec["hparams"], "epochs_done": len(rows), "checkpoint": "last",
             "arch": getattr(method, "ARCH", None) or models.resolved_arch(spec["model"]["arch"], spec["dataset"]),
             "normalization": spec["model"]["normalization"], "mean": spec["model"].get("mean"),
             "std": spec["model"].get("std"), "threat_model": spec["threat_model"],
             "run": spec["run"], "seed": seed, "device": device_name(dev),
             "train_seconds": sum(float(r["train_seconds"]) for r in rows)}
     save_model(model, info, out_dir / "model.pt")
+    if select:
+        last = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(best["model"])
+        save_model(model, {**info, "checkpoint": "best", "best_epoch": best["epoch"],
+                           "best_select_accuracy": best["accuracy"], "selected_by": selection_description(select)},
+                   out_dir / "model_best.pt")
+        model.load_state_dict(last)
+        print(f"{spec['run']} seed {seed}: best epoch {best['epoch']} (selection accuracy {best['accuracy']:.4f}) "
+              f"-> model_best.pt; last epoch -> model.pt", flush=True)
     return out_dir / "model.pt"

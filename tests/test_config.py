@@ -267,6 +267,11 @@ def test_cifar10_config_carries_backward_smoothings_settings():
         assert (tuple(spec["model"]["mean"]), tuple(spec["model"]["std"])) == (
             paper["normalization"]["mean"], paper["normalization"]["std"])
         assert {"pgd20", "pgd100", "autoattack"} <= set(spec["certify"]["certifiers"])
+        pgd20 = paper["evaluation"]["pgd20"]  # the "best" epoch: PGD-20 on the first 2,560 test images
+        assert spec["train"]["select_best"] == dict(eps=pgd20["eps"], step_size=pgd20["step_size"],
+                                                    steps=pgd20["steps"], loss=pgd20["loss"],
+                                                    images=paper["evaluation"]["best_checkpoint_images"])
+        assert pgd20["random_start"] is False  # selection_accuracy never starts at random
         assert 8 / 255 in spec["certify"]["eps_grid"] and 0.031 in spec["certify"]["eps_grid"]
 
 

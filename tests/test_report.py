@@ -137,3 +137,27 @@ def test_envelope_takes_the_best_run_at_each_radius(tmp_path):
     # r = 0: cohen-0.25 (seed mean 0.625) beats 0.5; r = 0.5: 0.375 beats 0.25; r = 1.0: only cohen-0.50 (0.25)
     assert (row["0.00"], row["0.50"], row["1.00"]) == (0.625, 0.375, 0.25)
     assert row["best"] == "0.00: cohen-0.25; 0.50: cohen-0.25; 1.00: cohen-0.50"
+
+
+def test_best_and_last_checkpoints_are_told_apart_and_the_best_is_marked_test_selected(tmp_path):
+    last = _fake_results(tmp_path / "results", {"bs": (None, [[0.1, 0.0, 0.2]])}, method="backward_smoothing",
+                         certifier="pgd20")[0]
+    best_dir = last.parent.parent / "certify-best"
+    best_dir.mkdir()
+    pd.DataFrame({"idx": [0, 1, 2], "label": 0, "predict": 0, "radius": [0.2, 0.2, 0.0], "correct": [1, 1, 0],
+                  "time": 0.5}).to_csv(best_dir / "pgd20.tsv", sep="\t", index=False)
+    meta = json.loads(last.with_suffix(".json").read_text())
+    meta["model_info"].update(checkpoint="best", best_epoch=7, selected_by="PGD-20 accuracy on test images 0-2559")
+    (best_dir / "pgd20.json").write_text(json.dumps(meta))
+
+    summary = summarize([last, best_dir / "pgd20.tsv"], [0.0], tmp_path / "summary.csv", linf_radii=[0.0, 0.2])
+    rows = summary.set_index("checkpoint")
+    assert rows.loc["best", "best_epoch"] == 7 and pd.isna(rows.loc["last", "best_epoch"])
+    assert rows.loc["best", "certified_acc@0.20"] == pytest.approx(2 / 3)
+    assert rows.loc["last", "certified_acc@0.20"] == pytest.approx(1 / 3)
+    report(tmp_path / "summary.csv", tmp_path / "figures", tmp_path / "tables", radius_max=0.3, what=("linf", "timing"))
+    table = pd.read_csv(tmp_path / "tables" / "linf_accuracy.csv")
+    assert sorted(table["model"]) == ["bs [best] [1,2]", "bs [last] [1]"]
+    markdown = (tmp_path / "tables" / "linf_accuracy.md").read_text()
+    assert "[2] bs [best]: the epoch with the highest PGD-20 accuracy on test images 0-2559" in markdown
+    assert len(pd.read_csv(tmp_path / "tables" / "timing.csv")) == 1  # one training, timed once

@@ -174,3 +174,72 @@ def test_train_steps_see_their_progress_in_epochs(monkeypatch):
     with tempfile.TemporaryDirectory() as out:
         train(spec, out, device="cpu", progress=False)
     assert seen == pytest.approx([0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3])  # ⌈1297 / 512⌉ = 3 batches per epoch
+
+
+def _select_spec(epochs=4):
+    """A tiny backward-smoothing digits run that also keeps its best epoch by PGD accuracy on 64 test images."""
+    raw = tiny_config(epochs=epochs, batch_size=64, lr=0.05, schedule="constant",
+                      select_best={"eps": 0.1, "step_size": 0.025, "steps": 5, "images": 64})
+    raw["runs"] = {"bs": {"method": "backward_smoothing", "hparams": {"epsilon": 0.1, "step_size": 0.1}}}
+    return mc.resolve_run(mc.validate(raw), "bs", seed=0)
+
+
+def test_select_best_keeps_the_epoch_with_the_highest_attack_accuracy(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from methods.train import selection_accuracy, selection_subset
+
+    spec = _select_spec()
+    train(spec, tmp_path, device="cpu", progress=False)
+    log = pd.read_csv(tmp_path / "train_log.tsv", sep="\t")
+    assert log["select_accuracy"].between(0, 1).all() and (log["select_seconds"] > 0).all()
+    best_epoch = int(log["epoch"][log["select_accuracy"].idxmax()])  # idxmax: the first maximum, as the ties rule
+    best_model, best_info = load_checkpoint(tmp_path / "model_best.pt")
+    last_model, last_info = load_checkpoint(tmp_path / "model.pt")
+    assert best_info["checkpoint"] == "best" and last_info["checkpoint"] == "last"
+    assert best_info["best_epoch"] == best_epoch
+    assert "PGD-5" in best_info["selected_by"] and "test images 0-63" in best_info["selected_by"]
+    # Re-scoring the saved weights gives the logged accuracy of their epoch: the file holds that epoch's weights.
+    select = spec["train"]["select_best"]
+    loader = DataLoader(selection_subset("digits", select, spec), batch_size=64)
+    assert selection_accuracy(best_model, loader, select, "cpu") == pytest.approx(
+        log["select_accuracy"][best_epoch - 1])
+    assert selection_accuracy(last_model, loader, select, "cpu") == pytest.approx(log["select_accuracy"].iloc[-1])
+
+
+def test_select_best_survives_a_resume(tmp_path):
+    spec = _select_spec()
+    train(spec, tmp_path / "uninterrupted", device="cpu", progress=False)
+
+    def stop_after_second_epoch(epoch):
+        if epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(spec, tmp_path / "resumed", device="cpu", progress=False, on_epoch_end=stop_after_second_epoch)
+    train(spec, tmp_path / "resumed", device="cpu", progress=False)
+    for name in ("model.pt", "model_best.pt"):
+        _assert_identical(_weights(tmp_path / "uninterrupted" / name), _weights(tmp_path / "resumed" / name))
+
+
+def test_select_best_refuses_more_images_than_the_test_set(tmp_path):
+    spec = _select_spec(epochs=1)
+    spec["train"]["select_best"]["images"] = 10_000
+    with pytest.raises(ValueError, match="select_best.images = 10000 .* only 500"):
+        train(spec, tmp_path, device="cpu", progress=False)
+
+
+def test_best_is_the_first_epoch_with_the_top_score_not_the_last(tmp_path, monkeypatch):
+    """Scripted scores 0.2, 0.6, 0.6, 0.5: model_best.pt must hold epoch 2's weights (ties keep the earlier epoch),
+    which a 2-epoch run of the same spec reproduces exactly (constant lr, per-epoch seeding)."""
+    import methods.train as mt
+
+    scores = iter([0.2, 0.6, 0.6, 0.5])
+    monkeypatch.setattr(mt, "selection_accuracy", lambda *args: next(scores))
+    train(_select_spec(epochs=4), tmp_path / "four", device="cpu", progress=False)
+    assert load_checkpoint(tmp_path / "four" / "model_best.pt")[1]["best_epoch"] == 2
+    monkeypatch.setattr(mt, "selection_accuracy", lambda *args: 0.0)
+    train(_select_spec(epochs=2), tmp_path / "two", device="cpu", progress=False)
+    _assert_identical(_weights(tmp_path / "four" / "model_best.pt"), _weights(tmp_path / "two" / "model.pt"))
+    with pytest.raises(AssertionError):  # and the last epoch's weights are different ones
+        _assert_identical(_weights(tmp_path / "four" / "model.pt"), _weights(tmp_path / "two" / "model.pt"))

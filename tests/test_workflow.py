@@ -52,7 +52,8 @@ def test_smoke_dag_leaves_figure_tables_and_summary(smoke_run):
 def test_smoke_models_are_accurate_and_robust_as_in_the_papers(smoke_run):
     """Clean accuracy well above chance, positive ACR, and accuracy at radius 0 falling from σ = 0.25 to 0.5."""
     rows = pd.read_csv(smoke_run / "results/digits/summary.csv")
-    certifiers = rows.groupby("run")["certifier"].apply(lambda c: ",".join(sorted(c))).to_dict()
+    last = rows[rows["checkpoint"] == "last"]
+    certifiers = last.groupby("run")["certifier"].apply(lambda c: ",".join(sorted(c))).to_dict()
     assert certifiers == {run: "cohen" for run in SMOKE_RUNS} | {"cohen-0.25": "cohen,t-certify",
                                                                  "feng-0.25": "cohen,t-certify"} | LINF_RUNS
     assert set(rows["method"]) == {"cohen", "salman", "macer", "feng", "linf_dist", "backward_smoothing"}
@@ -87,7 +88,12 @@ def test_every_shipped_config_builds_its_dag(tmp_path, name):
     jobs = dict(parts for parts in map(str.split, out.stdout.splitlines()) if len(parts) == 2 and parts[1].isdigit())
     runs = mc.runs_of(cfg)
     certificates = sum(len(mc.resolve_run(cfg, run, seed)["certify"]["certifiers"]) for _, run, seed in runs)
-    assert jobs["train"] == str(len(runs)) and jobs["certify"] == str(certificates), out.stdout[-2000:]
+    specs = [mc.resolve_run(cfg, run, seed) for _, run, seed in runs]
+    selecting = [spec for spec in specs if spec["train"]["select_best"]]
+    assert int(jobs["train"]) + int(jobs.get("train_select_best", 0)) == len(runs), out.stdout[-2000:]
+    assert jobs.get("train_select_best", "0") == str(len(selecting))
+    assert jobs["certify"] == str(certificates), out.stdout[-2000:]
+    assert jobs.get("certify_best", "0") == str(sum(len(spec["certify"]["certifiers"]) for spec in selecting))
 
 
 def test_lint_is_clean():
@@ -122,6 +128,16 @@ def test_smoke_linf_runs_certify_below_what_attacks_find(smoke_run):
         assert linf.loc["pgd20", col] >= linf.loc["linf-margin", col], col
         assert linf.loc["linf-interval", col] >= linf.loc["linf-margin", col], col  # the radii lie on the grid
     assert set(linf["kind"]) == {"certified", "empirical"} and set(linf["norm"]) == {"linf"}
-    assert rows[rows["run"] == "backward-smoothing-0.1"]["clean_acc"].min() > 0.8
+    backward = rows[rows["run"] == "backward-smoothing-0.1"]
+    assert backward["clean_acc"].min() > 0.8
+    # both checkpoints evaluated by every certifier; the best one names its epoch and how it was chosen
+    assert sorted(zip(backward["checkpoint"], backward["certifier"])) == [
+        ("best", "pgd100"), ("best", "pgd20"), ("last", "pgd100"), ("last", "pgd20")]
+    best = backward[backward["checkpoint"] == "best"].iloc[0]
+    log = pd.read_csv(smoke_run / "results/digits/backward-smoothing-0.1/seed0/train_log.tsv", sep="\t")
+    assert best["best_epoch"] == log["epoch"][log["select_accuracy"].idxmax()]
+    assert "test images 0-255" in best["selected_by"]
     table = (smoke_run / "results/digits/tables/linf_accuracy.md").read_text()
     assert "UPPER bound on robust accuracy" in table and "| empirical |" in table and "| certified |" in table
+    assert "backward-smoothing-0.1 (pgd20) [best]" in table and "backward-smoothing-0.1 (pgd20) [last]" in table
+    assert "selected on test images" in table

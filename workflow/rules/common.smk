@@ -1,4 +1,5 @@
 """Config validation and the helpers the rules share."""
+import re
 import sys
 
 import methods.certify as mc_certifiers
@@ -17,6 +18,10 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + _search_path
 RUNS = mc.runs_of(config)  # (dataset, run, seed)
 DATASETS = sorted({dataset for dataset, _, _ in RUNS})
 SPECS = {(run, seed): mc.resolve_run(config, run, seed) for _, run, seed in RUNS}  # resolved once, at parse time
+#: Runs that also keep a "best" checkpoint (train.select_best): rule train_select_best trains them, and every
+#: certifier evaluates both model.pt (last epoch) and model_best.pt (into certify-best/).
+SELECT_BEST = sorted({run for (run, _), spec in SPECS.items() if spec["train"]["select_best"]})
+_SELECT_BEST_RE = "(?:" + "|".join(re.escape(run) for run in SELECT_BEST) + ")" if SELECT_BEST else "(?!)"
 
 
 wildcard_constraints:
@@ -50,11 +55,13 @@ def train_spec(wildcards):
 
 
 def certify_outputs(dataset, ext="tsv"):
-    """Every per-example file of a dataset: one per run × seed × configured certifier."""
+    """Every per-example file of a dataset: one per run × seed × configured certifier × checkpoint (the last
+    epoch's in certify/, the selected one's in certify-best/ where the run selects one)."""
     return [
-        f"results/{d}/{run}/seed{seed}/certify/{certifier}.{ext}"
+        f"results/{d}/{run}/seed{seed}/{folder}/{certifier}.{ext}"
         for d, run, seed in RUNS
         if d == dataset
+        for folder in (("certify", "certify-best") if run in SELECT_BEST else ("certify",))
         for certifier in SPECS[run, seed]["certify"]["certifiers"]
     ]
 

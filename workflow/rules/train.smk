@@ -1,5 +1,7 @@
 rule train:
     """Train one run at one seed with the shared loop (methods/train.py); resumes from <run dir>/state."""
+    wildcard_constraints:
+        run=rf"(?!{_SELECT_BEST_RE}/)[^/]+",
     output:
         model="results/{dataset}/{run}/seed{seed}/model.pt",
         log_tsv="results/{dataset}/{run}/seed{seed}/train_log.tsv",
@@ -20,3 +22,13 @@ rule train:
     shell:
         "python -m methods train --spec {params.spec:q} --out {params.out} --threads {threads} --no-progress"
         " > {log} 2>&1"
+
+
+use rule train as train_select_best with:
+    """The same, for a run with train.select_best: it also writes the selected epoch's weights to model_best.pt."""
+    wildcard_constraints:
+        run=_SELECT_BEST_RE,
+    output:
+        model="results/{dataset}/{run}/seed{seed}/model.pt",
+        best="results/{dataset}/{run}/seed{seed}/model_best.pt",
+        log_tsv="results/{dataset}/{run}/seed{seed}/train_log.tsv",
