@@ -86,7 +86,7 @@ def cmd_summarize(args) -> None:
     from .report import summarize
 
     summary = summarize(args.tsv, args.radii, args.out, json.loads(args.notes) if args.notes else None,
-                        args.linf_radii)
+                        args.linf_radii, json.loads(args.published) if args.published else None)
     print(f"wrote {args.out} ({len(summary)} rows)")
 
 
@@ -94,7 +94,16 @@ def cmd_report(args) -> None:
     from .report import report
 
     for path in report(args.summary, args.figures_dir, args.tables_dir, args.radius_max, args.title,
-                       tuple(args.what)):
+                       tuple(args.what), args.published_csv, args.sigma, args.method):
+        print(f"wrote {path}")
+
+
+def cmd_rebuild(args) -> None:
+    from .report import rebuild
+
+    for path in rebuild(args.results, args.figures, args.radii, args.linf_radii, args.radius_max,
+                        args.linf_radius_max, args.title, json.loads(args.notes) if args.notes else None,
+                        json.loads(args.published) if args.published else None, args.published_csv):
         print(f"wrote {path}")
 
 
@@ -144,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--linf-radii", type=float, nargs="+", help="l-inf radii (pixels) of the l-inf rows' columns")
     p.add_argument("--notes", help='JSON {"run": "caveat", ...}: the config\'s run notes, footnoted in the tables')
+    p.add_argument("--published", help='JSON {"run": [{"paper", "dataset", "setting"}, ...]}: the config\'s '
+                                       'published references, compared in the reproduced-vs-published table')
     p.add_argument("tsv", nargs="+", help="results/<dataset>/<run>/seed<s>/certify/<certifier>.tsv files")
     p.set_defaults(func=cmd_summarize)
 
@@ -153,10 +164,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tables-dir", required=True)
     p.add_argument("--radius-max", type=float, default=1.5)
     p.add_argument("--title", default="")
-    p.add_argument("--what", nargs="+", choices=["l2", "linf", "timing"], default=["l2", "timing"],
-                   help="l2: certified_accuracy figure + tables; linf: linf_accuracy figure + table (--radius-max is "
-                        "then the l-inf axis); timing: the timing table")
+    p.add_argument("--what", nargs="+", choices=["l2", "sigma", "sweep", "linf", "timing", "published"],
+                   default=["l2", "timing"],
+                   help="l2: certified_accuracy figure + tables; sigma: one figure per --sigma, every method, with "
+                        "the published points; sweep: one sigma-sweep figure per --method; linf: linf_accuracy "
+                        "figure + table (--radius-max is then the l-inf axis); timing: the timing table; published: "
+                        "the reproduced-vs-published table")
+    p.add_argument("--sigma", type=float, nargs="+", help="the sigmas of --what sigma (default: all)")
+    p.add_argument("--method", nargs="+", help="the methods of --what sweep (default: all with a sigma sweep)")
+    p.add_argument("--published-csv", help="published numbers (default workflow/resources/published.csv)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("rebuild", help="every summary, figure and table from an existing results/ tree (no training)")
+    p.add_argument("--results", default="results")
+    p.add_argument("--figures", default="figures")
+    p.add_argument("--radii", type=float, nargs="+", required=True)
+    p.add_argument("--linf-radii", type=float, nargs="+", required=True)
+    p.add_argument("--radius-max", type=float, default=1.5)
+    p.add_argument("--linf-radius-max", type=float, default=0.1)
+    p.add_argument("--title", default="")
+    p.add_argument("--notes", help="as summarize --notes")
+    p.add_argument("--published", help="as summarize --published")
+    p.add_argument("--published-csv", help="published numbers (default workflow/resources/published.csv)")
+    p.set_defaults(func=cmd_rebuild)
 
     p = sub.add_parser("bench-train", help="sec/batch and sec/epoch of several runs' training steps, side by side")
     p.add_argument("--configfile", help="config YAML (default: config/config.yaml)")

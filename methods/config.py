@@ -25,8 +25,10 @@ DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
 
 #: Sections a run may override; everything else is experiment-wide.
 RUN_OVERRIDES = ("dataset", "model", "train", "certify", "seeds")
+#: Run keys that annotate the report (footnotes, published references) and are never part of a spec.
+RUN_ANNOTATIONS = ("note", "published")
 #: Top-level keys that describe runs rather than settings; never part of a spec.
-RUN_KEYS = ("runs", "grids")
+RUN_KEYS = ("runs", "grids", "published")
 
 
 class ConfigError(ValueError):
@@ -112,7 +114,8 @@ def expand_grids(grids: dict, runs: dict) -> dict:
                 raise ConfigError(f"config error at {where}: run {name!r} is defined twice (names must differ, "
                                   f"e.g. include every swept hparam in the name)")
             out[name] = {"method": grid["method"], "hparams": hparams,
-                         **{k: copy.deepcopy(grid[k]) for k in (*RUN_OVERRIDES, "note", "resources") if k in grid}}
+                         **{k: copy.deepcopy(grid[k]) for k in (*RUN_OVERRIDES, *RUN_ANNOTATIONS, "resources")
+                            if k in grid}}
     return out
 
 
@@ -124,7 +127,7 @@ def validate(config: dict) -> dict:
     """
     if not isinstance(config, dict):
         raise ConfigError("config error at <top level>: expected a mapping")
-    if not any(key in config for key in RUN_KEYS):
+    if not any(key in config for key in ("runs", "grids")):
         raise ConfigError("config error at <top level>: no runs: give `runs` (named runs) and/or `grids` "
                           "(families of runs)")
     schema = _schema()
@@ -135,7 +138,28 @@ def validate(config: dict) -> dict:
     experiment["runs"] = runs
     for name in runs:
         resolve_run(experiment, name, seed=None)  # raises on the first bad run
+    for name, refs in config.get("published", {}).items():  # a grid's runs, named one by one
+        if name not in runs:
+            raise ConfigError(f"config error at published.{name}: no run named {name!r}")
+        runs[name]["published"] = runs[name].get("published", []) + [r for r in refs if r not in
+                                                                     runs[name].get("published", [])]
+    _check_published(runs)
     return experiment
+
+
+def _check_published(runs: dict) -> None:
+    """Every `published` reference names a setting of workflow/resources/published.csv."""
+    refs = [(name, i, ref) for name, run in runs.items() for i, ref in enumerate(run.get("published", []))]
+    if not refs:
+        return
+    from .published import load, select
+
+    table = load()
+    for name, i, ref in refs:
+        try:
+            select(table, ref["paper"], ref["dataset"], ref["setting"])
+        except KeyError as exc:
+            raise ConfigError(f"config error at runs.{name}.published.{i}: {exc.args[0]}") from None
 
 
 def load(path: str | Path | None = None) -> dict:
@@ -200,6 +224,11 @@ def notes_of(config: dict) -> dict[str, str]:
     """Each run's caveat (`note`), for the report's footnotes; notes are not part of a spec, so editing one
     re-renders the tables without retraining."""
     return {name: run["note"] for name, run in config["runs"].items() if run.get("note")}
+
+
+def published_of(config: dict) -> dict[str, list[dict]]:
+    """Each run's published references (`published`), for summary.csv; like notes, never part of a spec."""
+    return {name: run["published"] for name, run in config["runs"].items() if run.get("published")}
 
 
 def run_resource(config: dict, run: str | None, step: str, key: str):

@@ -36,6 +36,9 @@ def average_certified_radius(frame: pd.DataFrame) -> float:
 def _train_log_stats(run_dir: Path) -> dict:
     """Train-only seconds per epoch, and train + the per-epoch test passes (test loss, checkpoint selection) where
     the run made any (the papers do not say which of the two their sec/epoch is, so both are reported)."""
+    if not (run_dir / "train_log.tsv").exists():  # results copied without their training logs: no timing
+        return {"train_sec_per_epoch": float("nan"), "train_eval_sec_per_epoch": float("nan"),
+                "epochs": float("nan"), "train_hours": float("nan")}
     log = pd.read_csv(run_dir / "train_log.tsv", sep="\t")
     passes = [pd.to_numeric(log[c], errors="coerce") for c in ("eval_seconds", "select_seconds") if c in log]
     passes = [p for p in passes if p.notna().all()]
@@ -45,7 +48,8 @@ def _train_log_stats(run_dir: Path) -> dict:
 
 
 def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path,
-              notes: dict[str, str] | None = None, linf_radii: list[float] | None = None) -> pd.DataFrame:
+              notes: dict[str, str] | None = None, linf_radii: list[float] | None = None,
+              published: dict[str, list[dict]] | None = None) -> pd.DataFrame:
     """One row per per-example TSV (run × certifier × seed × checkpoint); paths must be
     <dataset>/<run>/seed<s>/certify/<c>.tsv (the last epoch) or .../certify-best/<c>.tsv (the epoch picked by
     train.select_best; `checkpoint` = "best", `selected_by` says how and `best_epoch` which).
@@ -54,12 +58,13 @@ def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path,
     other norm's columns empty. For ℓ∞ rows `kind` says whether the radius is certified or empirical.
 
     `notes` maps run names to the config's caveats (`note`), which the tables print as footnotes beside the
-    method's own provenance (`SOURCE`) and the certifier's.
+    method's own provenance (`SOURCE`) and the certifier's. `published` maps run names to the published settings
+    they reproduce (config `published`), kept as JSON in the `published` column for methods.compare.
     """
     from .certify import CERTIFIERS
     from .registry import get_method
 
-    notes = notes or {}
+    notes, published = notes or {}, published or {}
     rows = []
     for tsv in map(Path, tsv_files):
         match = TSV_PATH.search(tsv.as_posix())
@@ -85,7 +90,8 @@ def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path,
                     "certify_file": tsv.as_posix(), "source": get_method(info["method"]).SOURCE,
                     "certifier_note": CERTIFIERS[match["certifier"]].note,
                     "note": notes.get(match["run"], ""), "best_epoch": info.get("best_epoch"),
-                    "selected_by": info.get("selected_by", "")})
+                    "selected_by": info.get("selected_by", ""),
+                    "published": json.dumps(published[match["run"]]) if published.get(match["run"]) else ""})
         rows.append(row)
     summary = pd.DataFrame(rows).sort_values(["dataset", "method", "sigma", "run", "certifier", "checkpoint",
                                               "seed"])
@@ -187,22 +193,44 @@ def envelope_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def timing_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """sec/epoch, epochs, total hours and ACR per run (as MACER's Table 3), with the device it was measured on. A run
-    with a selected "best" checkpoint is timed once, on its last-epoch rows (training is the same run)."""
+#: The paper's own timing columns of the timing table (metric in published.csv → column).
+PAPER_TIMING = {"sec_per_epoch": "paper_sec_per_epoch", "epochs": "paper_epochs", "total_hours": "paper_total_hours"}
+
+
+def timing_table(summary: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
+    """sec/epoch, epochs, total hours and ACR per run (as MACER's Table 3; for ℓ∞ rows the mean radius, capped at the
+    ε grid's end for attacks), with the device it was measured on. A run with a selected "best" checkpoint is timed once, on
+    its last-epoch rows (training is the same run). Where a run names a published setting with a timing (MACER's
+    Table 3, the ℓ∞-dist v2 README), the paper's sec/epoch, epochs, hours and hardware sit beside ours."""
+    from .compare import published_refs, ref_label
+
     summary = summary[_checkpoints(summary) == "last"]
-    return (summary.assign(model=_label(summary))
-            .groupby(["model", "method"], sort=False)
-            .agg(sec_per_epoch=("train_sec_per_epoch", "mean"),
-                 sec_per_epoch_with_eval=("train_eval_sec_per_epoch", "mean"), epochs=("epochs", "first"),
-                 total_hours=("train_hours", "mean"), ACR=("acr", "mean"),
-                 certify_sec_per_example=("certify_sec_per_example", "mean"), device=("device", "first"))
-            .reset_index())
+    table = (summary.assign(model=_label(summary))
+             .groupby(["model", "method"], sort=False)
+             .agg(run=("run", "first"), sec_per_epoch=("train_sec_per_epoch", "mean"),
+                  sec_per_epoch_with_eval=("train_eval_sec_per_epoch", "mean"), epochs=("epochs", "first"),
+                  total_hours=("train_hours", "mean"), ACR=("acr", "mean"),
+                  certify_sec_per_example=("certify_sec_per_example", "mean"), device=("device", "first"))
+             .reset_index())
+    paper = {col: [] for col in ("paper_setting", *PAPER_TIMING.values(), "paper_hardware")}
+    refs = dict(zip(summary["run"], summary.get("published", pd.Series("", index=summary.index))))
+    for run in table["run"]:
+        found = {}
+        for ref in published_refs(refs.get(run, "")) if published is not None else []:
+            rows = published[(published["paper"] == ref["paper"]) & (published["dataset"] == ref["dataset"])
+                             & (published["setting"] == ref["setting"]) & published["metric"].isin(PAPER_TIMING)]
+            if len(rows) and not found:
+                found = {"paper_setting": ref_label(ref), "paper_hardware": rows["hardware"].iloc[0]}
+                found.update({PAPER_TIMING[m]: v for m, v in zip(rows["metric"], rows["value"])})
+        for col in paper:
+            paper[col].append(found.get(col, ""))
+    return table.drop(columns="run").assign(**paper)
 
 
 def _markdown(table: pd.DataFrame, floatfmt: str) -> str:
     header = "| " + " | ".join(map(str, table.columns)) + " |\n|" + "---|" * len(table.columns) + "\n"
-    cells = table.apply(lambda col: col.map(lambda v: format(v, floatfmt) if isinstance(v, float) else str(v)))
+    cells = table.apply(lambda col: col.map(lambda v: ("" if np.isnan(v) else format(v, floatfmt))
+                                            if isinstance(v, float) else str(v)))
     return header + "".join("| " + " | ".join(row) + " |\n" for row in cells.itertuples(index=False))
 
 
@@ -218,6 +246,8 @@ def _latex(table: pd.DataFrame, bold_best: list[str], caption: str, notes: list[
     def fmt(col, v):
         if not isinstance(v, float):
             return _tex_escape(str(v))
+        if np.isnan(v):
+            return ""
         text = f"{v:.3f}" if col == "ACR" else f"{v:.2f}"
         return rf"\textbf{{{text}}}" if col in bold_best and v == table[col].max() and v > 0 else text
 
@@ -243,8 +273,10 @@ def _protocol(summary: pd.DataFrame) -> str:
     return "; ".join(dict.fromkeys(clauses))
 
 
-def write_tables(summary: pd.DataFrame, tables_dir: str | Path, what: tuple[str, ...] = ("l2", "timing")) -> list[Path]:
-    """`what`: "l2" (certified accuracy + envelope), "linf" (ℓ∞ certified and empirical accuracy), "timing"."""
+def write_tables(summary: pd.DataFrame, tables_dir: str | Path, what: tuple[str, ...] = ("l2", "timing"),
+                 published: pd.DataFrame | None = None) -> list[Path]:
+    """`what`: "l2" (certified accuracy + envelope), "linf" (ℓ∞ certified and empirical accuracy), "timing",
+    "published" (reproduced vs published; needs `published`, the table of methods.published)."""
     tables_dir = Path(tables_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -267,7 +299,16 @@ def write_tables(summary: pd.DataFrame, tables_dir: str | Path, what: tuple[str,
                        "attack, an UPPER bound on robust accuracy, not a certificate. ACR = mean radius (for grid "
                        f"evaluators capped at the grid's largest eps). {_protocol(linf)}.", ".3f"))
     if "timing" in what:
-        tables.append(("timing", summary, timing_table(summary), [], f"Training cost per run. {_protocol(summary)}.",
+        tables.append(("timing", summary, timing_table(summary, published),
+                       [], f"Training cost per run, beside the paper's own timing and hardware where the run names "
+                       f"a published setting (paper_*: as published; devices differ, so compare ratios between "
+                       f"methods rather than seconds). {_protocol(summary)}.", ".4g"))
+    if "published" in what:
+        from .compare import caption as compare_caption, comparison_table
+
+        dataset = summary["dataset"].iloc[0] if len(summary) else ""
+        compared = comparison_table(summary, published)
+        tables.append(("reproduced_vs_published", summary, compared, [], compare_caption(compared, dataset),
                        ".4g"))
     for name, rows, table, bold, caption, floatfmt in tables:
         _, notes = footnotes(rows)
@@ -292,33 +333,34 @@ def curves(summary: pd.DataFrame, radius_max: float, step: float = 0.01) -> pd.D
         acc = (ok[None, :] >= grid[:, None]).sum(axis=1) / len(frame)
         if getattr(row, "norm", "l2") == "linf" and pd.notna(row.max_radius):
             acc = np.where(grid <= row.max_radius + 1e-12, acc, np.nan)  # past an eps grid's end: unknown, not 0
-        parts.append(pd.DataFrame({"model": label, "method": row.method, "sigma": row.sigma, "seed": row.seed,
-                                   "kind": getattr(row, "kind", "certified"), "radius": grid,
-                                   "certified_accuracy": acc}))
+        parts.append(pd.DataFrame({"model": label, "run": row.run, "certifier": row.certifier,
+                                   "checkpoint": getattr(row, "checkpoint", "last"), "method": row.method,
+                                   "sigma": row.sigma, "seed": row.seed, "kind": getattr(row, "kind", "certified"),
+                                   "radius": grid, "certified_accuracy": acc}))
     data = pd.concat(parts)
-    return data.groupby(["model", "method", "sigma", "kind", "radius"], sort=False, dropna=False,
-                        as_index=False)["certified_accuracy"].mean()
-
-
-#: One line style per method, as MACER's figures (MACER solid, Cohen dashed, Salman dotted); colours tell runs apart.
-LINESTYLES = {"macer": "-", "cohen": "--", "salman": ":", "feng": "-."}
+    return data.groupby(["model", "run", "certifier", "checkpoint", "method", "sigma", "kind", "radius"], sort=False,
+                        dropna=False, as_index=False)["certified_accuracy"].mean()
 
 
 def plot_certified_accuracy(summary: pd.DataFrame, out_stem: str | Path, radius_max: float, title: str = "",
-                            norm: str = "l2") -> list[Path]:
-    """Accuracy vs radius, one line per run × certifier, in the papers' style; PNG and PDF. ℓ2: line style per
-    method (MACER's figures). ℓ∞: certified curves solid, empirical (attack) curves dashed, never mixed up."""
+                            norm: str = "l2", published: pd.DataFrame | None = None) -> list[Path]:
+    """Accuracy vs radius, one line per run × certifier, in the papers' style; PNG and PDF. Colour: a shade of the
+    method's hue (methods.figures). ℓ2: line style per method (MACER's figures). ℓ∞: certified curves solid,
+    empirical (attack) curves dashed, never mixed up, and the runs' published points as markers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    from .figures import LINESTYLES, overlay_linf_published, run_colors
+
     data = curves(summary, radius_max, step=0.01 if norm == "l2" else radius_max / 200)
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.3)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    models_ = list(dict.fromkeys(data["model"]))
-    palette = dict(zip(models_, sns.color_palette("colorblind", len(models_))))
+    firsts = data.drop_duplicates("model")
+    models_ = list(firsts["model"])
+    palette = run_colors(models_, list(firsts["method"]))
     for model in models_:
         part = data[data["model"] == model]
         empirical = part["kind"].iloc[0] == "empirical"
@@ -328,6 +370,7 @@ def plot_certified_accuracy(summary: pd.DataFrame, out_stem: str | Path, radius_
     if norm == "l2":
         ax.set(xlim=(0, radius_max), ylim=(0, 1), xlabel=r"radius ($\ell_2$)", ylabel="certified accuracy")
     else:
+        overlay_linf_published(ax, summary, published, palette)
         ax.set(xlim=(0, radius_max), ylim=(0, 1), xlabel=r"radius ($\ell_\infty$, pixels)",
                ylabel="accuracy: certified (solid), empirical (dashed)")
     ax.set_title(textwrap.fill(title or f"{summary['dataset'].iloc[0]}: certified accuracy vs radius", 60),
@@ -343,16 +386,67 @@ def plot_certified_accuracy(summary: pd.DataFrame, out_stem: str | Path, radius_
     return paths
 
 
+def _published(path: str | Path | None) -> pd.DataFrame:
+    from .published import PUBLISHED_CSV, load
+
+    return load(path or PUBLISHED_CSV)
+
+
 def report(summary_csv: str | Path, figures_dir: str | Path, tables_dir: str | Path, radius_max: float,
-           title: str = "", what: tuple[str, ...] = ("l2", "timing")) -> list[Path]:
-    """The figure and tables of `what`: "l2" (certified_accuracy figure, certified_accuracy and envelope tables),
-    "linf" (linf_accuracy figure and table; `radius_max` is then the ℓ∞ axis limit), "timing" (timing table)."""
+           title: str = "", what: tuple[str, ...] = ("l2", "timing"),
+           published_csv: str | Path | None = None, sigmas=None, methods=None) -> list[Path]:
+    """The figures and tables of `what`:
+    "l2": certified_accuracy figure (every run), the certified_accuracy and envelope tables;
+    "sigma": one figure per σ of `sigmas` (default all), every method with the published points (methods.figures);
+    "sweep": one σ-sweep figure per method of `methods` (default all with two σ or more);
+    "linf": linf_accuracy figure and table (`radius_max` is then the ℓ∞ axis limit);
+    "timing": the timing table, beside the papers' own timings;
+    "published": the reproduced-vs-published table (methods.compare).
+    Published numbers come from `published_csv` (default workflow/resources/published.csv)."""
+    from .figures import plot_per_sigma, plot_sigma_sweeps
+
     summary = pd.read_csv(summary_csv)
+    published = _published(published_csv)
+    l2 = _of_norm(summary, "l2")
     paths = []
     if "l2" in what:
-        paths += plot_certified_accuracy(_of_norm(summary, "l2"), Path(figures_dir) / "certified_accuracy",
-                                         radius_max, title)
+        paths += plot_certified_accuracy(l2, Path(figures_dir) / "certified_accuracy", radius_max, title)
+    if "sigma" in what:
+        paths += plot_per_sigma(l2, published, figures_dir, radius_max, title, sigmas)
+    if "sweep" in what:
+        paths += plot_sigma_sweeps(l2, published, figures_dir, radius_max, title, methods)
     if "linf" in what:
         paths += plot_certified_accuracy(_of_norm(summary, "linf"), Path(figures_dir) / "linf_accuracy",
-                                         radius_max, title, norm="linf")
-    return paths + write_tables(summary, tables_dir, what)
+                                         radius_max, title, norm="linf", published=published)
+    return paths + write_tables(summary, tables_dir, what, published)
+
+
+def rebuild(results_dir: str | Path, figures_root: str | Path, radii: list[float], linf_radii: list[float],
+            radius_max: float, linf_radius_max: float, title: str = "", notes: dict | None = None,
+            published: dict | None = None, published_csv: str | Path | None = None) -> list[Path]:
+    """Every dataset's summary.csv, figures and tables from an existing results/ tree alone (the per-example TSVs,
+    their sidecars and, for timing, the train logs): what a user who copied results/ from a cluster runs on a laptop.
+    Nothing is trained or certified."""
+    results_dir = Path(results_dir)
+    paths = []
+    for dataset_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
+        tsvs = sorted(dataset_dir.glob("*/seed*/certify*/*.tsv"))
+        tsvs = [t for t in tsvs if TSV_PATH.search(t.as_posix())]
+        if not tsvs:
+            continue
+        summary_csv = dataset_dir / "summary.csv"
+        summary = summarize(tsvs, radii, summary_csv, notes, linf_radii, published)
+        paths.append(summary_csv)
+        norms = set(summary["norm"])
+        figures_dir, tables_dir = Path(figures_root) / dataset_dir.name, dataset_dir / "tables"
+        if "l2" in norms:
+            paths += report(summary_csv, figures_dir, tables_dir, radius_max, title, ("l2", "sigma", "sweep"),
+                            published_csv)
+        if "linf" in norms:
+            paths += report(summary_csv, figures_dir, tables_dir, linf_radius_max, title, ("linf",), published_csv)
+        paths += report(summary_csv, figures_dir, tables_dir, radius_max, title, ("timing", "published"),
+                        published_csv)
+    if not paths:
+        raise FileNotFoundError(f"no results/<dataset>/<run>/seed<s>/certify/<certifier>.tsv files under "
+                                f"{results_dir}: nothing to rebuild")
+    return paths

@@ -14,7 +14,8 @@ def readme_commands() -> list[str]:
 
 def test_readme_opens_with_the_two_commands():
     main, tests = readme_commands()
-    assert main.endswith("snakemake --cores 2") and "pip install -e ." in main
+    assert "snakemake --cores 2 &&" in main and main.endswith("snakemake --report report.html")
+    assert "pip install -e ." in main
     assert tests.endswith("python -m pytest") and 'pip install -e ".[test]"' in tests
 
 

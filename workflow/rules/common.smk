@@ -3,6 +3,7 @@ import re
 import sys
 
 import methods.certify as mc_certifiers
+import methods.figures as mc_figures
 
 try:
     config.update(mc.validate(config))
@@ -29,6 +30,8 @@ wildcard_constraints:
     run=r"[^/]+",
     seed=r"\d+",
     certifier=r"[a-z0-9_-]+",
+    sigma=r"[0-9.]+",
+    method=r"[a-z_]+",
 
 
 def run_spec(wildcards, drop=()):
@@ -72,9 +75,30 @@ def norms(dataset):
                    for certifier in SPECS[run, seed]["certify"]["certifiers"]})
 
 
+def certify_sigmas(dataset):
+    """{method: sigmas} of the dataset's runs certified with CERTIFY: the per-sigma and sigma-sweep figures."""
+    out = {}
+    for d, run, seed in RUNS:
+        spec = SPECS[run, seed]
+        if d == dataset and "cohen" in spec["certify"]["certifiers"]:
+            out.setdefault(spec["method"], set()).add(spec["certify"]["sigma"])
+    return out
+
+
+def paper_figures(dataset):
+    """figures/<dataset>/certified_accuracy_sigma<s> and sigma_sweep_<method>, PNG and PDF."""
+    sigmas = certify_sigmas(dataset)
+    stems = mc_figures.l2_figure_stems([s for ss in sigmas.values() for s in ss],
+                                       [m for m, ss in sigmas.items() if len(ss) > 1])
+    return [f"figures/{dataset}/{stem}.{ext}" for stem in stems for ext in ("png", "pdf")]
+
+
 def report_outputs(dataset):
-    """Figures and tables of one dataset: the l2 ones, the l-inf ones, whichever it has, and the timing table."""
-    out = [f"results/{dataset}/summary.csv"] + [f"results/{dataset}/tables/timing.{e}" for e in ("md", "tex", "csv")]
+    """Figures and tables of one dataset: the l2 ones, the l-inf ones, whichever it has, the timing table and the
+    reproduced-vs-published table."""
+    out = [f"results/{dataset}/summary.csv"] + [f"results/{dataset}/tables/{t}.{e}" for e in ("md", "tex", "csv")
+                                                for t in ("timing", "reproduced_vs_published")]
+    out += paper_figures(dataset)
     if "l2" in norms(dataset):
         out += [f"figures/{dataset}/certified_accuracy.{e}" for e in ("png", "pdf")]
         out += [f"results/{dataset}/tables/{t}.{e}" for t in ("certified_accuracy", "envelope")

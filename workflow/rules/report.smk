@@ -1,5 +1,11 @@
+import methods.published as mc_published
+
+PUBLISHED_CSV = str(mc_published.PUBLISHED_CSV)  # the package's copy: the one the steps read
+
+
 rule summarize:
-    """One summary.csv row per run × certifier × seed: clean accuracy, ACR, certified accuracy at the radii, cost."""
+    """One summary.csv row per run × certifier × checkpoint × seed: clean accuracy, ACR, accuracy at the radii,
+    cost, and the published settings the run reproduces."""
     input:
         tsv=lambda wildcards: certify_outputs(wildcards.dataset),
         meta=lambda wildcards: certify_outputs(wildcards.dataset, "json"),
@@ -10,6 +16,7 @@ rule summarize:
         radii=" ".join(str(r) for r in config["report"]["radii"]),
         linf_radii=" ".join(str(r) for r in config["report"]["linf_radii"]),
         notes=json.dumps(mc.notes_of(config), sort_keys=True),
+        published=json.dumps(mc.published_of(config), sort_keys=True),
     log:
         "logs/summarize/{dataset}.log",
     benchmark:
@@ -22,19 +29,25 @@ rule summarize:
         "../envs/methods.yaml"
     shell:
         "python -m methods summarize --radii {params.radii} --linf-radii {params.linf_radii} --notes {params.notes:q}"
-        " --out {output} {input.tsv}"
+        " --published {params.published:q} --out {output} {input.tsv}"
         " > {log} 2>&1"
 
 
 rule report:
-    """The l2 certified-accuracy-vs-radius figure (PNG, PDF), the accuracy and upper-envelope tables (md, tex, csv)."""
+    """The l2 certified-accuracy-vs-radius figure of every run (PNG, PDF), the accuracy and upper-envelope tables."""
     input:
         summary="results/{dataset}/summary.csv",
         tsv=lambda wildcards: certify_outputs(wildcards.dataset),
     output:
-        figure=multiext("figures/{dataset}/certified_accuracy", ".png", ".pdf"),
-        accuracy=multiext("results/{dataset}/tables/certified_accuracy", ".md", ".tex", ".csv"),
-        envelope=multiext("results/{dataset}/tables/envelope", ".md", ".tex", ".csv"),
+        png=report("figures/{dataset}/certified_accuracy.png", caption="../report/certified_accuracy.rst",
+                   category="{dataset}", subcategory="l2"),
+        pdf="figures/{dataset}/certified_accuracy.pdf",
+        accuracy=multiext("results/{dataset}/tables/certified_accuracy", ".md", ".tex"),
+        accuracy_csv=report("results/{dataset}/tables/certified_accuracy.csv",
+                            caption="../report/certified_accuracy_table.rst", category="{dataset}", subcategory="l2"),
+        envelope=multiext("results/{dataset}/tables/envelope", ".md", ".tex"),
+        envelope_csv=report("results/{dataset}/tables/envelope.csv", caption="../report/envelope_table.rst",
+                            category="{dataset}", subcategory="l2"),
     params:
         radius_max=config["report"]["radius_max"],
         title=config["report"]["title"],
@@ -54,14 +67,75 @@ rule report:
         " > {log} 2>&1"
 
 
-rule report_linf:
-    """The l-inf accuracy-vs-radius figure (certified solid, empirical dashed) and the l-inf accuracy table."""
+rule figure_sigma:
+    """Every method at one sigma (CERTIFY; a method's envelope where it has several runs), the published points of
+    the runs' settings as markers: Cohen's and MACER's figures."""
     input:
         summary="results/{dataset}/summary.csv",
         tsv=lambda wildcards: certify_outputs(wildcards.dataset),
+        published=PUBLISHED_CSV,
     output:
-        figure=multiext("figures/{dataset}/linf_accuracy", ".png", ".pdf"),
-        accuracy=multiext("results/{dataset}/tables/linf_accuracy", ".md", ".tex", ".csv"),
+        png=report("figures/{dataset}/certified_accuracy_sigma{sigma}.png", caption="../report/figure_sigma.rst",
+                   category="{dataset}", subcategory="l2"),
+        pdf="figures/{dataset}/certified_accuracy_sigma{sigma}.pdf",
+    params:
+        radius_max=config["report"]["radius_max"],
+        title=config["report"]["title"],
+    log:
+        "logs/figure_sigma/{dataset}/{sigma}.log",
+    threads: res("report", "threads")
+    resources:
+        mem_mb=res("report", "mem_mb"),
+        runtime=res("report", "runtime"),
+    conda:
+        "../envs/methods.yaml"
+    shell:
+        "python -m methods report --what sigma --sigma {wildcards.sigma} --summary {input.summary}"
+        " --figures-dir figures/{wildcards.dataset} --tables-dir results/{wildcards.dataset}/tables"
+        " --radius-max {params.radius_max} --title {params.title:q} > {log} 2>&1"
+
+
+rule figure_sweep:
+    """One method across its sigmas and their envelope (Cohen's figure), with the published envelope as markers."""
+    input:
+        summary="results/{dataset}/summary.csv",
+        tsv=lambda wildcards: certify_outputs(wildcards.dataset),
+        published=PUBLISHED_CSV,
+    output:
+        png=report("figures/{dataset}/sigma_sweep_{method}.png", caption="../report/figure_sweep.rst",
+                   category="{dataset}", subcategory="l2"),
+        pdf="figures/{dataset}/sigma_sweep_{method}.pdf",
+    params:
+        radius_max=config["report"]["radius_max"],
+        title=config["report"]["title"],
+    log:
+        "logs/figure_sweep/{dataset}/{method}.log",
+    threads: res("report", "threads")
+    resources:
+        mem_mb=res("report", "mem_mb"),
+        runtime=res("report", "runtime"),
+    conda:
+        "../envs/methods.yaml"
+    shell:
+        "python -m methods report --what sweep --method {wildcards.method} --summary {input.summary}"
+        " --figures-dir figures/{wildcards.dataset} --tables-dir results/{wildcards.dataset}/tables"
+        " --radius-max {params.radius_max} --title {params.title:q} > {log} 2>&1"
+
+
+rule report_linf:
+    """The l-inf accuracy-vs-radius figure (certified solid, empirical dashed, published points as markers) and the
+    l-inf accuracy table."""
+    input:
+        summary="results/{dataset}/summary.csv",
+        tsv=lambda wildcards: certify_outputs(wildcards.dataset),
+        published=PUBLISHED_CSV,
+    output:
+        png=report("figures/{dataset}/linf_accuracy.png", caption="../report/linf_accuracy.rst", category="{dataset}",
+                   subcategory="l-inf"),
+        pdf="figures/{dataset}/linf_accuracy.pdf",
+        accuracy=multiext("results/{dataset}/tables/linf_accuracy", ".md", ".tex"),
+        accuracy_csv=report("results/{dataset}/tables/linf_accuracy.csv", caption="../report/linf_accuracy_table.rst",
+                            category="{dataset}", subcategory="l-inf"),
     params:
         radius_max=config["report"]["linf_radius_max"],
         title=config["report"]["title"],
@@ -82,11 +156,15 @@ rule report_linf:
 
 
 rule timing:
-    """The training-cost table of every run (sec/epoch, epochs, hours, device), both norms."""
+    """The training-cost table of every run (sec/epoch, epochs, hours, device), both norms, beside the papers' own
+    timings and hardware (MACER's Table 3)."""
     input:
         summary="results/{dataset}/summary.csv",
+        published=PUBLISHED_CSV,
     output:
-        multiext("results/{dataset}/tables/timing", ".md", ".tex", ".csv"),
+        multiext("results/{dataset}/tables/timing", ".md", ".tex"),
+        csv=report("results/{dataset}/tables/timing.csv", caption="../report/timing.rst", category="{dataset}",
+                   subcategory="cost"),
     log:
         "logs/timing/{dataset}.log",
     threads: res("report", "threads")
@@ -98,3 +176,52 @@ rule timing:
     shell:
         "python -m methods report --what timing --summary {input.summary} --figures-dir figures/{wildcards.dataset}"
         " --tables-dir results/{wildcards.dataset}/tables > {log} 2>&1"
+
+
+rule compare:
+    """Reproduced vs published: each number the runs' published settings report, with the reproduced value, its
+    interval, the difference and a flag (methods/compare.py)."""
+    input:
+        summary="results/{dataset}/summary.csv",
+        tsv=lambda wildcards: certify_outputs(wildcards.dataset),
+        published=PUBLISHED_CSV,
+    output:
+        multiext("results/{dataset}/tables/reproduced_vs_published", ".md", ".tex"),
+        csv=report("results/{dataset}/tables/reproduced_vs_published.csv", caption="../report/published.rst",
+                   category="{dataset}", subcategory="published"),
+    log:
+        "logs/compare/{dataset}.log",
+    threads: res("report", "threads")
+    resources:
+        mem_mb=res("report", "mem_mb"),
+        runtime=res("report", "runtime"),
+    conda:
+        "../envs/methods.yaml"
+    shell:
+        "python -m methods report --what published --summary {input.summary}"
+        " --figures-dir figures/{wildcards.dataset} --tables-dir results/{wildcards.dataset}/tables > {log} 2>&1"
+
+
+rule figures:
+    """`snakemake figures`: every summary, figure and table again from the results/ tree as it is (copied from a
+    cluster, say). No inputs and no outputs, so it never trains or certifies: it reads what is there."""
+    params:
+        radii=" ".join(str(r) for r in config["report"]["radii"]),
+        linf_radii=" ".join(str(r) for r in config["report"]["linf_radii"]),
+        radius_max=config["report"]["radius_max"],
+        linf_radius_max=config["report"]["linf_radius_max"],
+        title=config["report"]["title"],
+        notes=json.dumps(mc.notes_of(config), sort_keys=True),
+        published=json.dumps(mc.published_of(config), sort_keys=True),
+    log:
+        "logs/figures.log",
+    threads: res("report", "threads")
+    resources:
+        mem_mb=res("report", "mem_mb"),
+        runtime=res("report", "runtime"),
+    conda:
+        "../envs/methods.yaml"
+    shell:
+        "python -m methods rebuild --results results --figures figures --radii {params.radii}"
+        " --linf-radii {params.linf_radii} --radius-max {params.radius_max} --linf-radius-max {params.linf_radius_max}"
+        " --title {params.title:q} --notes {params.notes:q} --published {params.published:q} > {log} 2>&1"
