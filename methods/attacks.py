@@ -58,12 +58,20 @@ def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tens
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
 
 
+def _start_noise(draw, shape, dtype, generator) -> torch.Tensor:
+    """Random-start noise on the CPU: from one generator for the batch, or from one generator per example (a list),
+    so that an example's start does not depend on which batch or shard it is attacked in."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([draw(tuple(shape[1:]), generator=g, dtype=dtype) for g in generator])
+    return draw(tuple(shape), generator=generator, dtype=dtype)
+
+
 def _pgd_run(model, x, y, eps, step_size, steps, loss, random_start, generator):
     if random_start == "gaussian":  # the ℓ∞-dist nets' evaluation: N(0, (ε/4)²) clipped to ±ε/2
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+        noise = _start_noise(torch.randn, x.shape, x.dtype, generator).to(x.device)
         x_adv = project_linf(x + (noise * eps / 4).clamp(-eps / 2, eps / 2), x, eps)
     elif random_start:
-        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+        noise = _start_noise(torch.rand, x.shape, x.dtype, generator).to(x.device)
         x_adv = project_linf(x + (2 * noise - 1) * eps, x, eps)
     else:
         x_adv = x.clone()
@@ -91,7 +99,8 @@ def pgd_linf(model, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: flo
     and the [0, 1] box; loss "ce" (cross-entropy) or "cw" (the margin of `cw_margin`). No random start by default
     (the backward-smoothing evaluation); random_start="gaussian" starts at x + clip(N(0, (ε/4)²), ±ε/2) (the
     ℓ∞-dist nets' evaluation); any other true random_start at x + U[−ε, ε] (projected), both drawn from
-    `generator` (a CPU generator; the global RNG if None). The returned point is the last iterate, as in the
+    `generator` (a CPU generator; the global RNG if None; or a list of one CPU generator per example, which makes
+    each example's start independent of its batch). The returned point is the last iterate, as in the
     reference. With restarts > 1 (random_start required) each example keeps the first restart's point that is
     misclassified, else the last restart's; restarts only re-attack the examples not yet fooled.
 
@@ -114,7 +123,8 @@ def pgd_linf(model, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: flo
         for _ in range(restarts - 1):
             if len(todo) == 0:
                 break
-            trial = _pgd_run(model, x[todo], y[todo], eps, step_size, steps, loss, True, generator)
+            sub = [generator[i] for i in todo.tolist()] if isinstance(generator, (list, tuple)) else generator
+            trial = _pgd_run(model, x[todo], y[todo], eps, step_size, steps, loss, random_start, sub)
             with torch.no_grad():
                 fooled = model(trial).argmax(1) != y[todo]
             best[todo] = trial  # the last restart's point where none succeeds; successes are kept below
@@ -220,7 +230,7 @@ Attack = Callable[..., torch.Tensor]  # attack(model, x, y, eps) -> x_adv
 
 
 def empirical_radius(model, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence[float],
-                     attack: Attack = PGD20) -> torch.Tensor:
+                     attack: Attack = PGD20, example_seeds: Sequence[int] | None = None) -> torch.Tensor:
     """Per example, the largest ε of the (increasing) grid such that `attack(model, x, y, ε)` fails to change the
     correct clean prediction at that ε and at every smaller grid ε; 0 where the clean prediction is wrong, and
     0 also where the attack succeeds at the first grid ε. An example the attack never breaks gets the largest grid ε
@@ -230,6 +240,9 @@ def empirical_radius(model, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence
     the true ℓ∞ robust radius, the attack cannot break a point at ε < r* (no adversarial example exists there), so
     the result is ≥ the largest grid ε below r*; but where the attack misses adversarial examples it overstates r*,
     arbitrarily. Call it "empirical radius", and never plot or table it next to certified radii as if it were one.
+
+    `example_seeds` (one int per example) seed each example's random start on its own at every ε (attacks that take
+    `generator=`, i.e. `PGD`), so the radius does not depend on the batch: sharded evaluations merge exactly.
     """
     grid = [float(e) for e in eps_grid]
     if not grid or any(e <= 0 for e in grid) or any(b <= a for a, b in zip(grid, grid[1:])):
@@ -239,7 +252,11 @@ def empirical_radius(model, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence
     for eps in grid:
         if len(standing) == 0:
             break
-        x_adv = attack(model, x[standing], y[standing], eps)
+        if example_seeds is None:
+            x_adv = attack(model, x[standing], y[standing], eps)
+        else:
+            generators = [torch.Generator().manual_seed(int(example_seeds[i])) for i in standing.tolist()]
+            x_adv = attack(model, x[standing], y[standing], eps, generator=generators)
         held = predict(model, x_adv) == y[standing]
         standing = standing[held]
         radius[standing] = eps

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -173,13 +174,13 @@ def _linf_evaluator(certifier: str, model, info: dict, cfg: dict, seed: int):
     if certifier == "linf-margin":
         from .linf_dist import certify_batch
 
-        def run(xs, ys):
+        def run(xs, ys, idxs):
             cert = certify_batch(model, xs, ys, grid[0])
             return cert.logits.argmax(1), cert.radius
     elif certifier == "linf-interval":
         from .linf_dist import interval_certified
 
-        def run(xs, ys):
+        def run(xs, ys, idxs):
             predictions = attacks.predict(model, xs)
             radius = torch.zeros(len(xs), dtype=torch.float64, device=xs.device)
             standing = predictions == ys
@@ -194,12 +195,15 @@ def _linf_evaluator(certifier: str, model, info: dict, cfg: dict, seed: int):
 
             model = ScaledLogits(model)
 
-        def run(xs, ys):
-            return attacks.predict(model, xs), attacks.empirical_radius(model, xs, ys, grid, attack)
+        per_example = certifier != "autoattack"  # PGD's random starts: one generator per example
+
+        def run(xs, ys, idxs):
+            seeds = [seed * 2**32 + idx for idx in idxs] if per_example else None
+            return attacks.predict(model, xs), attacks.empirical_radius(model, xs, ys, grid, attack, seeds)
 
     def evaluate(xs, ys, idxs):
-        torch.manual_seed(seed * 2**32 + idxs[0])  # random starts: reproducible batch by batch
-        predictions, radius = run(xs, ys)
+        torch.manual_seed(seed * 2**32 + idxs[0])  # what still draws from the global RNG (AutoAttack) is per batch
+        predictions, radius = run(xs, ys, idxs)
         return list(zip(predictions.tolist(), radius.tolist()))
 
     return evaluate
@@ -315,8 +319,34 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
     return out
 
 
+#: Sidecar fields that may differ between the shards of one certification (everything else must agree).
+_SHARD_FIELDS = ("shard", "shards", "subset", "provenance")
+
+
 def merge_shards(shard_files: list[str | Path], out: str | Path) -> Path:
-    """Concatenate shard TSVs in dataset-index order (a sharded certification equals the unsharded one)."""
-    rows = [r for f in shard_files for r in _read_rows(Path(f))]
+    """Concatenate shard TSVs in dataset-index order (a sharded certification equals the unsharded one). Where the
+    shards have sidecars, also write `out`'s: the shards' common settings, the examples summed, and each shard's
+    provenance; shards certified with different settings or models are refused."""
+    shard_files = [Path(f) for f in shard_files]
+    rows = [r for f in shard_files for r in _read_rows(f)]
+    indices = [int(r["idx"]) for r in rows]
+    if len(set(indices)) != len(indices):
+        raise ValueError("the shards overlap: an image appears in more than one shard file")
+    sidecars = [f.with_suffix(".json") for f in shard_files]
+    metas = [json.loads(m.read_text()) for m in sidecars if m.exists()]
+    if metas and len(metas) != len(shard_files):
+        raise ValueError("some shards have a sidecar .json and some do not")
+    if metas:
+        common = [{k: v for k, v in m.items() if k not in _SHARD_FIELDS} for m in metas]
+        if any(c != common[0] for c in common[1:]):
+            raise ValueError("the shards were certified with different settings or models: refusing to merge")
+        shards = sorted(m["shard"] for m in metas)
+        if shards != list(range(metas[0]["shards"])):
+            raise ValueError(f"expected shards 0..{metas[0]['shards'] - 1}, got {shards}")
+        subset = {**metas[0]["subset"], "examples": sum(m["subset"]["examples"] for m in metas)}
+        merged = {**common[0], "shard": None, "shards": metas[0]["shards"], "subset": subset,
+                  "provenance": metas[0]["provenance"], "shard_provenance": [m["provenance"] for m in metas]}
     atomic_write_text(out, _tsv_text(sorted(rows, key=lambda r: int(r["idx"]))))
+    if metas:
+        write_json(Path(out).with_suffix(".json"), merged)
     return Path(out)

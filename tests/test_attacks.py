@@ -362,3 +362,25 @@ def test_gaussian_start_is_the_linf_dist_papers():
     delta = x0 - x
     assert delta.abs().max() <= eps / 2 + 1e-6 and (delta.abs() > eps / 2 - 1e-6).any()  # clipped at ±ε/2
     assert abs(delta.std().item() - eps / 4) < 0.1 * eps / 4 + 0.002  # N(0, (ε/4)²) before the clip
+
+
+@pytest.mark.parametrize("random_start", ["gaussian", True])
+def test_per_example_seeds_make_random_start_radii_independent_of_the_batch(random_start):
+    """Sharded ℓ∞ evaluations must merge exactly: with one seed per example, an example's empirical radius is the
+    same whether it is attacked with all others, in another order, or alone (and a batch-level generator is not)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    x, y = torch.rand(8, 1, 3, 4), torch.randint(0, 4, (8,))
+    y = model(x).argmax(1)  # every clean prediction right, so every example is attacked
+    attack = attacks.PGD(eps=0.3, step_size=0.05, steps=3, random_start=random_start, restarts=2)
+    grid, seeds = [0.05, 0.1, 0.2, 0.4], [1000 + i for i in range(8)]
+    whole = attacks.empirical_radius(model, x, y, grid, attack, seeds)
+    order = [5, 2, 7, 0, 3, 6, 1, 4]
+    shuffled = attacks.empirical_radius(model, x[order], y[order], grid, attack, [seeds[i] for i in order])
+    assert torch.equal(shuffled, whole[order])
+    for i in (0, 3):
+        alone = attacks.empirical_radius(model, x[i:i + 1], y[i:i + 1], grid, attack, [seeds[i]])
+        assert torch.equal(alone, whole[i:i + 1])
+    # the starts themselves: per-example generators give each example its own stream
+    starts = attacks._start_noise(torch.randn, x.shape, x.dtype, [torch.Generator().manual_seed(s) for s in seeds])
+    assert torch.equal(starts[3], torch.randn((1, 3, 4), generator=torch.Generator().manual_seed(seeds[3])))

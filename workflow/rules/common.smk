@@ -22,7 +22,17 @@ SPECS = {(run, seed): mc.resolve_run(config, run, seed) for _, run, seed in RUNS
 #: Runs that also keep a "best" checkpoint (train.select_best): rule train_select_best trains them, and every
 #: certifier evaluates both model.pt (last epoch) and model_best.pt (into certify-best/).
 SELECT_BEST = sorted({run for (run, _), spec in SPECS.items() if spec["train"]["select_best"]})
-_SELECT_BEST_RE = "(?:" + "|".join(re.escape(run) for run in SELECT_BEST) + ")" if SELECT_BEST else "(?!)"
+#: Runs whose certifications are split into certify.shards jobs each (rules certify_shard + merge_certify_shards).
+SHARDED = sorted({run for (run, _), spec in SPECS.items() if spec["certify"]["shards"] > 1})
+
+
+def _one_of(names):
+    """A regex matching exactly these run names (one that matches nothing when there are none)."""
+    return "(?:" + "|".join(re.escape(name) for name in names) + ")" if names else "(?!)"
+
+
+_SELECT_BEST_RE = _one_of(SELECT_BEST)
+_SHARDED_RE = _one_of(SHARDED)
 
 
 wildcard_constraints:
@@ -50,6 +60,13 @@ def certify_spec(wildcards):
     key = (wildcards.run, int(wildcards.seed))
     run_spec(wildcards)  # checks the run, seed and dataset
     return mc.spec_json(mc_certifiers.certifier_spec(SPECS[key], wildcards.certifier))
+
+
+def shard_files(wildcards, ext="tsv"):
+    """The shard files that merge into one certification of a sharded run."""
+    shards = SPECS[wildcards.run, int(wildcards.seed)]["certify"]["shards"]
+    folder = f"results/{wildcards.dataset}/{wildcards.run}/seed{wildcards.seed}/{wildcards.folder}/shards"
+    return [f"{folder}/{wildcards.certifier}.{i}of{shards}.{ext}" for i in range(shards)]
 
 
 def train_spec(wildcards):
