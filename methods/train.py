@@ -17,7 +17,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -78,9 +80,55 @@ def default_train_step(method, model, optimizer, x, y, hp, epoch: float) -> Step
     return descend(optimizer, method.objective(model, x, y, method.draw(x, hp), hp))
 
 
+#: train settings that say when to checkpoint, not what is trained: changing them keeps a resume state valid.
+CHECKPOINT_KEYS = ("checkpoint_every_steps", "checkpoint_every_minutes")
+#: Signals after which training checkpoints and exits: SLURM's warning before a time limit or preemption
+#: (--signal=USR1@<seconds>), and the TERM it sends before killing a job.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 def training_fingerprint(spec: dict) -> str:
     """The part of a spec that determines the trained weights; a resume state from another spec is stale."""
-    return spec_json({k: v for k, v in spec.items() if k not in ("certify", "device", "data_root", "download")})
+    kept = {k: v for k, v in spec.items() if k not in ("certify", "device", "data_root", "download")}
+    kept["train"] = {k: v for k, v in spec["train"].items() if k not in CHECKPOINT_KEYS}
+    return spec_json(kept)
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGUSR1 into a flag the loop checks after each batch: the batch finishes, the state is saved,
+    and the process exits with 128 + signal (a failed job, so Snakemake/SLURM rerun it, and it resumes)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        print(f"received {signal.Signals(signum).name}: checkpointing after this batch, then exiting", flush=True)
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+
+def _rng_state(dev) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if dev.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(dev)
+    return state
+
+
+def _set_rng_state(state: dict, dev) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if dev.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), dev)
 
 
 def _log_tsv(rows: list[dict]) -> str:
@@ -137,7 +185,18 @@ def evaluate(method, model, loader, hp, device) -> tuple[float, float]:
 
 def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool = True,
           on_epoch_end: Callable[[int], None] | None = None) -> Path:
-    """Train the run described by `spec` into `out_dir`, resuming from out_dir/state if present. Returns model.pt."""
+    """Train the run described by `spec` into `out_dir`, resuming from out_dir/state if present. Returns model.pt.
+
+    The state is saved after every epoch, every `train.checkpoint_every_steps` batches and
+    `train.checkpoint_every_minutes` minutes within one, and when SIGTERM or SIGUSR1 arrives (then the process exits
+    with 128 + signal). A mid-epoch state holds the batch position, the running sums and the global RNG state; on
+    resume the epoch's loader is rebuilt from its seed, the batches already done are skipped and the RNG restored,
+    so the run continues exactly where it stopped (bit-identical on CPU)."""
+    with StopRequest() as stop:
+        return _train(spec, out_dir, device, progress, on_epoch_end, stop)
+
+
+def _train(spec, out_dir, device, progress, on_epoch_end, stop: StopRequest) -> Path:
     out_dir = Path(out_dir)
     dev = select_device(device if device != "auto" else spec.get("device", "auto"))
     method = get_method(spec["method"])
@@ -155,6 +214,7 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
     rows: list[dict] = []
     select = cfg.get("select_best")
     best: dict | None = None  # {"epoch", "accuracy", "model"}: the selected epoch so far (part of the resume state)
+    partial: dict | None = None  # a mid-epoch position to continue from
     fingerprint = training_fingerprint(spec)
     if state_path.exists():
         state = torch.load(state_path, map_location=dev, weights_only=True)
@@ -164,7 +224,9 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
             scheduler.load_state_dict(state["scheduler"])
             rows = list(state["log"])
             best = state.get("best")
-            print(f"resuming {spec['run']} seed {seed} after epoch {len(rows)}/{epochs}", flush=True)
+            partial = state.get("partial")
+            where = f" + {partial['batches_done']} batches" if partial else ""
+            print(f"resuming {spec['run']} seed {seed} after epoch {len(rows)}/{epochs}{where}", flush=True)
         else:
             stale = state_path.with_suffix(".stale.pt")
             state_path.replace(stale)
@@ -189,22 +251,50 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
                             pin_memory=dev.type == "cuda")
         lr = optimizer.param_groups[0]["lr"]
         model.train()
+        batches, start, seconds_before = len(loader), 0, 0.0
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.long)
         count = 0
+        batch_iter = iter(loader)
+        if partial is not None and partial["epoch"] == epoch:
+            start, seconds_before, count = partial["batches_done"], partial["train_seconds"], partial["count"]
+            loss_sum, correct = partial["loss_sum"].to(dev), partial["correct"].to(dev)
+            for _ in range(start):  # replay the epoch's order (and its augmentation draws) up to where it stopped
+                next(batch_iter)
+            _set_rng_state(partial["rng"], dev)
+        partial = None
         synchronize(dev)
-        t0 = time.perf_counter()
-        bar = tqdm(loader, desc=f"{spec['run']} seed{seed} epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not progress, file=sys.stderr)
-        batches = len(loader)
-        for i, (x, y) in enumerate(bar):
+        t0 = last_save = time.perf_counter()
+        bar = tqdm(total=batches, initial=start, desc=f"{spec['run']} seed{seed} epoch {epoch + 1}/{epochs}",
+                   leave=False, disable=not progress, file=sys.stderr)
+        for i in range(start, batches):
+            x, y = next(batch_iter)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             result = step(model, optimizer, x, y, hp, epoch + i / batches)
             loss_sum += result.loss.detach() * result.count
             correct += result.correct
             count += result.count
+            bar.update(1)
+            done = i + 1
+            due = (cfg["checkpoint_every_steps"] and done % cfg["checkpoint_every_steps"] == 0) or (
+                cfg["checkpoint_every_minutes"] and time.perf_counter() - last_save >= 60 * cfg["checkpoint_every_minutes"])
+            if done < batches and (due or stop.signum is not None):
+                synchronize(dev)
+                mid = {"epoch": epoch, "batches_done": done, "loss_sum": loss_sum.detach(), "correct": correct,
+                       "count": count, "train_seconds": seconds_before + time.perf_counter() - t0,
+                       "rng": _rng_state(dev)}
+                atomic_save({"fingerprint": fingerprint, "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "log": rows,
+                             "best": best, "partial": mid}, state_path)
+                last_save = time.perf_counter()
+                if stop.signum is not None:
+                    bar.close()
+                    print(f"{spec['run']} seed {seed}: saved the state at epoch {epoch + 1}, batch {done}/{batches}; "
+                          f"exiting on {signal.Signals(stop.signum).name} (rerun to resume)", flush=True)
+                    raise SystemExit(128 + stop.signum)
+        bar.close()
         synchronize(dev)
-        train_seconds = time.perf_counter() - t0
+        train_seconds = seconds_before + time.perf_counter() - t0
         scheduler.step()
         loss, accuracy = float(loss_sum) / count, int(correct) / count
         if not math.isfinite(loss):
@@ -234,6 +324,10 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
               flush=True)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
+        if stop.signum is not None and epoch + 1 < epochs:
+            print(f"{spec['run']} seed {seed}: stopped after epoch {epoch + 1} on "
+                  f"{signal.Signals(stop.signum).name} (rerun to resume)", flush=True)
+            raise SystemExit(128 + stop.signum)
 
     atomic_write_text(out_dir / "train_log.tsv", _log_tsv(rows))
     info = {"method": spec["method"], "dataset": spec["dataset"], "num_classes": data.info(spec["dataset"]).num_classes,

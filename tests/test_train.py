@@ -243,3 +243,47 @@ def test_best_is_the_first_epoch_with_the_top_score_not_the_last(tmp_path, monke
     _assert_identical(_weights(tmp_path / "four" / "model_best.pt"), _weights(tmp_path / "two" / "model.pt"))
     with pytest.raises(AssertionError):  # and the last epoch's weights are different ones
         _assert_identical(_weights(tmp_path / "four" / "model.pt"), _weights(tmp_path / "two" / "model.pt"))
+
+
+@pytest.mark.parametrize("kill", [signal.SIGTERM, signal.SIGUSR1, signal.SIGKILL])
+def test_a_run_stopped_mid_epoch_resumes_bit_identical(tmp_path, kill):
+    """SLURM's warning signal (USR1), its TERM before a kill, and a hard KILL, all in the middle of an epoch: the
+    rerun continues from the mid-epoch state (batch position, running sums, RNG) and ends with the weights and log
+    of an uninterrupted run. TERM/USR1 save the state themselves and exit with 128 + signal."""
+    spec = mc.resolve_run(tiny_config(epochs=2, batch_size=4, checkpoint_every_steps=5), "cohen-0.25", seed=2)
+    cmd = [sys.executable, "-m", "methods", "train", "--spec", mc.spec_json(spec), "--device", "cpu",
+           "--threads", "1", "--no-progress", "--out"]
+    subprocess.run(cmd + [str(tmp_path / "clean")], check=True, capture_output=True, timeout=300)
+
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen(cmd + [str(stopped)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (stopped / STATE_FILE).exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    os.kill(proc.pid, kill)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == (-kill if kill == signal.SIGKILL else 128 + kill), out
+    assert not (stopped / "model.pt").exists()
+    state = torch.load(stopped / STATE_FILE, weights_only=True)
+    assert state["partial"] is not None and state["partial"]["batches_done"] > 0  # stopped inside epoch 1
+    if kill == signal.SIGKILL:
+        assert state["partial"]["batches_done"] % 5 == 0  # the last periodic save
+    else:
+        assert f"exiting on {kill.name}" in out  # saved by the handler, wherever it was
+
+    resumed = subprocess.run(cmd + [str(stopped)], check=True, capture_output=True, text=True, timeout=300)
+    assert "batches" in resumed.stdout.splitlines()[0]  # "resuming ... after epoch 0/2 + N batches"
+    _assert_identical(_weights(tmp_path / "clean" / "model.pt"), _weights(stopped / "model.pt"))
+    a = pd.read_csv(tmp_path / "clean" / "train_log.tsv", sep="\t")
+    b = pd.read_csv(stopped / "train_log.tsv", sep="\t")
+    pd.testing.assert_series_equal(a["loss"], b["loss"], check_exact=True)
+    pd.testing.assert_series_equal(a["accuracy"], b["accuracy"], check_exact=True)
+
+
+def test_checkpoint_settings_do_not_invalidate_a_resume_state():
+    from methods.train import training_fingerprint
+
+    a = mc.resolve_run(tiny_config(), "cohen-0.25", seed=0)
+    b = mc.resolve_run(tiny_config(checkpoint_every_steps=7, checkpoint_every_minutes=2.5), "cohen-0.25", seed=0)
+    c = mc.resolve_run(tiny_config(lr=0.01), "cohen-0.25", seed=0)
+    assert training_fingerprint(a) == training_fingerprint(b) != training_fingerprint(c)
