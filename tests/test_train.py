@@ -86,27 +86,6 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, tiny_spec):
     pd.testing.assert_series_equal(a["loss"], b["loss"])
 
 
-def test_killed_process_resumes_to_the_same_model(tmp_path):
-    """SIGKILL a real `python -m methods train` after its first checkpoint, rerun it, compare with a clean run."""
-    spec = mc.resolve_run(tiny_config(epochs=5, batch_size=8), "cohen-0.25", seed=1)
-    cmd = [sys.executable, "-m", "methods", "train", "--spec", mc.spec_json(spec), "--device", "cpu",
-           "--threads", "1", "--no-progress", "--out"]
-    subprocess.run(cmd + [str(tmp_path / "clean")], check=True, capture_output=True, timeout=300)
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + [str(killed)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while not (killed / STATE_FILE).exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "model.pt").exists(), "the run finished before it could be killed"
-
-    out = subprocess.run(cmd + [str(killed)], check=True, capture_output=True, text=True, timeout=300)
-    assert "resuming cohen-0.25 seed 1 after epoch" in out.stdout
-    _assert_identical(_weights(tmp_path / "clean" / "model.pt"), _weights(killed / "model.pt"))
-
-
 def test_a_changed_spec_does_not_resume_stale_state(tmp_path, tiny_spec, capsys):
     def stop(epoch):
         raise Interrupt
@@ -245,15 +224,25 @@ def test_best_is_the_first_epoch_with_the_top_score_not_the_last(tmp_path, monke
         _assert_identical(_weights(tmp_path / "four" / "model.pt"), _weights(tmp_path / "two" / "model.pt"))
 
 
+def _mid_epoch_cmd() -> list[str]:
+    spec = mc.resolve_run(tiny_config(epochs=2, batch_size=4, checkpoint_every_steps=5), "cohen-0.25", seed=2)
+    return [sys.executable, "-m", "methods", "train", "--spec", mc.spec_json(spec), "--device", "cpu",
+            "--threads", "1", "--no-progress", "--out"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_mid_epoch_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean")
+    subprocess.run(_mid_epoch_cmd() + [str(out)], check=True, capture_output=True, timeout=300)
+    return out
+
+
 @pytest.mark.parametrize("kill", [signal.SIGTERM, signal.SIGUSR1, signal.SIGKILL])
-def test_a_run_stopped_mid_epoch_resumes_bit_identical(tmp_path, kill):
+def test_a_run_stopped_mid_epoch_resumes_bit_identical(tmp_path, kill, uninterrupted_mid_epoch_run):
     """SLURM's warning signal (USR1), its TERM before a kill, and a hard KILL, all in the middle of an epoch: the
     rerun continues from the mid-epoch state (batch position, running sums, RNG) and ends with the weights and log
     of an uninterrupted run. TERM/USR1 save the state themselves and exit with 128 + signal."""
-    spec = mc.resolve_run(tiny_config(epochs=2, batch_size=4, checkpoint_every_steps=5), "cohen-0.25", seed=2)
-    cmd = [sys.executable, "-m", "methods", "train", "--spec", mc.spec_json(spec), "--device", "cpu",
-           "--threads", "1", "--no-progress", "--out"]
-    subprocess.run(cmd + [str(tmp_path / "clean")], check=True, capture_output=True, timeout=300)
+    cmd, clean = _mid_epoch_cmd(), uninterrupted_mid_epoch_run
 
     stopped = tmp_path / "stopped"
     proc = subprocess.Popen(cmd + [str(stopped)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -273,8 +262,8 @@ def test_a_run_stopped_mid_epoch_resumes_bit_identical(tmp_path, kill):
 
     resumed = subprocess.run(cmd + [str(stopped)], check=True, capture_output=True, text=True, timeout=300)
     assert "batches" in resumed.stdout.splitlines()[0]  # "resuming ... after epoch 0/2 + N batches"
-    _assert_identical(_weights(tmp_path / "clean" / "model.pt"), _weights(stopped / "model.pt"))
-    a = pd.read_csv(tmp_path / "clean" / "train_log.tsv", sep="\t")
+    _assert_identical(_weights(clean / "model.pt"), _weights(stopped / "model.pt"))
+    a = pd.read_csv(clean / "train_log.tsv", sep="\t")
     b = pd.read_csv(stopped / "train_log.tsv", sep="\t")
     pd.testing.assert_series_equal(a["loss"], b["loss"], check_exact=True)
     pd.testing.assert_series_equal(a["accuracy"], b["accuracy"], check_exact=True)

@@ -212,7 +212,7 @@ SHARDED_CONFIG = """
 dataset: digits
 seeds: [0]
 device: cpu
-train: {epochs: 2, batch_size: 128, lr: 0.05, augment: false}
+train: {epochs: 1, batch_size: 128, lr: 0.05, augment: false}
 certify: {n0: 20, n: 300, batch_size: 100, skip: 20, count: 12, shards: 3, eps_grid: [0.05, 0.1, 0.2]}
 report: {radii: [0.0, 0.25], linf_radii: [0.0, 0.1]}
 resources:
@@ -224,7 +224,7 @@ runs:
   linf:
     method: linf_dist
     hparams: {loss: v2, depth: 3, width: 32, eps_train: 0.15, eps_test: 0.1, scalar_std: 0.3765, p_start: 0,
-              p_end: 1, epochs: 2}
+              p_end: 1, epochs: 1}
     train: {optimizer: adam, lr: 0.01, schedule: constant}
     certify: {certifiers: [linf-margin, linf-dist-pgd]}
 """
