@@ -232,9 +232,22 @@ def published_of(config: dict) -> dict[str, list[dict]]:
 
 
 def run_resource(config: dict, run: str | None, step: str, key: str):
-    """A job's request: the run's own `resources.<step>.<key>` if it sets one, else the experiment's."""
+    """A job's request: the run's own `resources.<step>.<key>` if it sets one, else the experiment's (None where
+    neither sets an optional key such as `partition`)."""
     override = (config["runs"][run].get("resources", {}) if run else {}).get(step, {})
-    return override.get(key, config["resources"][step][key])
+    return override.get(key, config["resources"][step].get(key))
+
+
+#: Optional per-step SLURM placement keys of the config → the executor plugin's resource names.
+SLURM_KEYS = {"partition": "slurm_partition", "account": "slurm_account", "gpu_model": "gpu_model"}
+
+
+def slurm_keys_used(config: dict, step: str) -> list[str]:
+    """The SLURM placement keys the config or any run sets for `step`: only these become rule resources, so that
+    an unset key leaves the profile's default-resources in force."""
+    used = set(config["resources"][step]) | {k for run in config["runs"].values()
+                                              for k in run.get("resources", {}).get(step, {})}
+    return [key for key in SLURM_KEYS if key in used]
 
 
 def runs_of(config: dict) -> list[tuple[str, str, int]]:

@@ -257,3 +257,27 @@ def test_sharded_certification_merges_to_the_unsharded_file(tmp_path):
         pd.testing.assert_frame_equal(merged.drop(columns="time"), whole.drop(columns="time"))
         meta = json.loads((tmp_path / target).with_suffix(".json").read_text())
         assert meta["shards"] == 3 and meta["subset"]["examples"] == 12 and len(meta["shard_provenance"]) == 3
+
+
+def test_slurm_placement_reaches_the_jobs_only_where_the_config_sets_it(tmp_path):
+    """resources.<step>.partition / account / gpu_model become the plugin's slurm_partition / slurm_account /
+    gpu_model, a run's own value first; a step that sets none gets none (the profile's defaults stay in force)."""
+    (tmp_path / "c.yaml").write_text(
+        "dataset: digits\nseeds: [0]\nresources:\n  train: {partition: gpu, gpu_model: a100, gpu: 1}\n"
+        "runs:\n  a: {method: cohen, hparams: {sigma: 0.25}, resources: {train: {partition: long}}}\n"
+        "  b: {method: cohen, hparams: {sigma: 0.5}}\n")
+    out = snakemake(tmp_path, "-n", "results/digits/a/seed0/model.pt", "results/digits/b/seed0/model.pt",
+                    "results/digits/b/seed0/certify/cohen.tsv", "--configfile", str(tmp_path / "c.yaml"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    jobs = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("rule "):
+            rule = line.split()[1].rstrip(":")
+        if "wildcards:" in line:
+            key = (rule, line.split("run=")[1].split(",")[0])
+        if "resources:" in line:
+            jobs[key] = dict(kv.split("=", 1) for kv in line.split("resources:")[1].strip().split(", "))
+    assert jobs[("train", "a")]["slurm_partition"] == "long" and jobs[("train", "b")]["slurm_partition"] == "gpu"
+    assert jobs[("train", "a")]["gpu_model"] == "a100" and jobs[("train", "a")]["gpu"] == "1"
+    assert "slurm_account" not in jobs[("train", "a")]
+    assert not {"slurm_partition", "gpu_model"} & set(jobs[("certify", "b")])

@@ -18,6 +18,7 @@ rule certify:
         mem_mb=res("certify", "mem_mb"),
         runtime=res("certify", "runtime"),
         gpu=res("certify", "gpu"),
+        **slurm_placement("certify"),
     conda:
         "../envs/methods.yaml"
     shell:
@@ -62,6 +63,7 @@ rule certify_shard:
         mem_mb=res("certify", "mem_mb"),
         runtime=res("certify", "runtime"),
         gpu=res("certify", "gpu"),
+        **slurm_placement("certify"),
     conda:
         "../envs/methods.yaml"
     shell:

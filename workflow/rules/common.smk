@@ -130,6 +130,17 @@ def train_logs(dataset):
     return [f"results/{d}/{run}/seed{seed}/train_log.tsv" for d, run, seed in RUNS if d == dataset]
 
 
+def slurm_placement(step):
+    """Keyword resources slurm_partition / slurm_account / gpu_model for `step`'s rules, only for the keys the
+    config sets (config `resources.<step>.partition` etc., per run where a run overrides): an unset key leaves the
+    SLURM profile's default-resources in force. A run without its own value falls back to the config's, else to
+    the empty string (the plugin then omits the option)."""
+    return {mc.SLURM_KEYS[key]: (lambda key: (lambda wildcards: mc.run_resource(config, wildcards.run, step, key)
+                                               or ""))(key) if step != "report" else
+            (mc.run_resource(config, None, step, key) or "")
+            for key in mc.slurm_keys_used(config, step)}
+
+
 def res(step, key):
     """A job's request (threads, mem_mb, runtime in minutes, gpu): the run's `resources.<step>` where it sets one,
     else the config's `resources.<step>`. Per-run jobs get a function of the wildcards, the report steps a value."""

@@ -17,6 +17,7 @@ rule train:
         mem_mb=res("train", "mem_mb"),
         runtime=res("train", "runtime"),
         gpu=res("train", "gpu"),
+        **slurm_placement("train"),
     conda:
         "../envs/methods.yaml"
     shell:
