@@ -63,13 +63,16 @@ def soft_smoothed_nll(model, x, y, noise) -> torch.Tensor:
 @contextlib.contextmanager
 def frozen_eval(model: torch.nn.Module):
     """Eval mode with every parameter's requires_grad off, restored afterwards: the attack touches only its δ."""
+    from .distributed import no_sync
+
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     for p, _ in flags:
         p.requires_grad_(False)
     try:
-        yield model
+        with no_sync(model):  # under DDP: no gradient reduction for the attack's input-only backward passes
+            yield model
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import data, models
+from . import data, distributed, models
 from .checkpoint import save_model
 from .config import spec_json
 from .io import atomic_save, atomic_write_text, device_name, provenance, select_device, synchronize, write_json
@@ -193,12 +193,20 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
     resume the epoch's loader is rebuilt from its seed, the batches already done are skipped and the RNG restored,
     so the run continues exactly where it stopped (bit-identical on CPU)."""
     with StopRequest() as stop:
-        return _train(spec, out_dir, device, progress, on_epoch_end, stop)
+        dev = select_device(device if device != "auto" else spec.get("device", "auto"))
+        ctx, dev = distributed.setup(dev)
+        try:
+            return _train(spec, out_dir, dev, progress and ctx.main, on_epoch_end, stop, ctx)
+        finally:
+            distributed.teardown(ctx)
 
 
-def _train(spec, out_dir, device, progress, on_epoch_end, stop: StopRequest) -> Path:
+#: Each rank of a multi-process run draws its own noise: rank r's epoch seed is offset by r times this.
+RANK_SEED_STRIDE = 1_000_000_007
+
+
+def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: distributed.Context) -> Path:
     out_dir = Path(out_dir)
-    dev = select_device(device if device != "auto" else spec.get("device", "auto"))
     method = get_method(spec["method"])
     hp = method.Hparams(**spec["hparams"])
     cfg, seed = spec["train"], spec["seed"]
@@ -209,6 +217,7 @@ def _train(spec, out_dir, device, progress, on_epoch_end, stop: StopRequest) -> 
     optimizer = method_optimizer(method, model, hp, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     step = getattr(method, "train_step", None) or (lambda *a: default_train_step(method, *a))
+    step_model, hook = distributed.wrap(model, ctx, dev)  # DDP where torchrun started several processes
 
     state_path = out_dir / STATE_FILE
     rows: list[dict] = []
@@ -226,8 +235,9 @@ def _train(spec, out_dir, device, progress, on_epoch_end, stop: StopRequest) -> 
             best = state.get("best")
             partial = state.get("partial")
             where = f" + {partial['batches_done']} batches" if partial else ""
-            print(f"resuming {spec['run']} seed {seed} after epoch {len(rows)}/{epochs}{where}", flush=True)
-        else:
+            if ctx.main:
+                print(f"resuming {spec['run']} seed {seed} after epoch {len(rows)}/{epochs}{where}", flush=True)
+        elif ctx.main:
             stale = state_path.with_suffix(".stale.pt")
             state_path.replace(stale)
             print(f"the resume state in {state_path} is from another spec; moved it to {stale} and starting over",
@@ -242,26 +252,38 @@ def _train(spec, out_dir, device, progress, on_epoch_end, stop: StopRequest) -> 
     if select:
         select_loader = DataLoader(selection_subset(spec["dataset"], select, spec), batch_size=cfg["batch_size"],
                                    num_workers=cfg["num_workers"])
-    write_json(out_dir / "run.json", {"spec": spec, "provenance": provenance(dev)})
+    if ctx.main:
+        write_json(out_dir / "run.json", {"spec": spec, "provenance": provenance(dev),
+                                          "processes": ctx.world})
+    distributed.barrier(ctx)  # nobody starts before a stale state was moved aside
 
     for epoch in range(len(rows), epochs):
-        torch.manual_seed(epoch_seed(seed, epoch))
-        loader = DataLoader(train_set, batch_size=cfg["batch_size"], shuffle=True, num_workers=cfg["num_workers"],
-                            generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),
-                            pin_memory=dev.type == "cuda")
+        torch.manual_seed(epoch_seed(seed, epoch) + ctx.rank * RANK_SEED_STRIDE)
+        order = torch.Generator().manual_seed(epoch_seed(seed, epoch))  # the same batch order on every rank
+        global_sizes = None
+        if ctx.active:
+            sharded = distributed.ShardedBatches(torch.utils.data.RandomSampler(train_set, generator=order),
+                                                 cfg["batch_size"], ctx)
+            global_sizes = sharded.global_sizes()
+            loader = DataLoader(train_set, batch_sampler=sharded, num_workers=cfg["num_workers"], generator=order,
+                                pin_memory=dev.type == "cuda")  # the generator, as below: same draws, same order
+        else:
+            loader = DataLoader(train_set, batch_size=cfg["batch_size"], shuffle=True,
+                                num_workers=cfg["num_workers"], generator=order, pin_memory=dev.type == "cuda")
         lr = optimizer.param_groups[0]["lr"]
-        model.train()
+        step_model.train()
         batches, start, seconds_before = len(loader), 0, 0.0
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.long)
         count = 0
         batch_iter = iter(loader)
         if partial is not None and partial["epoch"] == epoch:
-            start, seconds_before, count = partial["batches_done"], partial["train_seconds"], partial["count"]
-            loss_sum, correct = partial["loss_sum"].to(dev), partial["correct"].to(dev)
+            mine = partial["ranks"][ctx.rank]
+            start, seconds_before, count = partial["batches_done"], partial["train_seconds"], mine["count"]
+            loss_sum, correct = mine["loss_sum"].to(dev), mine["correct"].to(dev)
             for _ in range(start):  # replay the epoch's order (and its augmentation draws) up to where it stopped
                 next(batch_iter)
-            _set_rng_state(partial["rng"], dev)
+            _set_rng_state(mine["rng"], dev)
         partial = None
         synchronize(dev)
         t0 = last_save = time.perf_counter()
@@ -270,43 +292,54 @@ def _train(spec, out_dir, device, progress, on_epoch_end, stop: StopRequest) -> 
         for i in range(start, batches):
             x, y = next(batch_iter)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            result = step(model, optimizer, x, y, hp, epoch + i / batches)
+            if hook is not None:  # this rank's share of the batch mean
+                hook.weight = len(y) / global_sizes[i]
+            result = step(step_model, optimizer, x, y, hp, epoch + i / batches)
             loss_sum += result.loss.detach() * result.count
             correct += result.correct
             count += result.count
             bar.update(1)
             done = i + 1
-            due = (cfg["checkpoint_every_steps"] and done % cfg["checkpoint_every_steps"] == 0) or (
-                cfg["checkpoint_every_minutes"] and time.perf_counter() - last_save >= 60 * cfg["checkpoint_every_minutes"])
-            if done < batches and (due or stop.signum is not None):
+            every_steps, every_minutes = cfg["checkpoint_every_steps"], cfg["checkpoint_every_minutes"]
+            due = bool(every_steps and done % every_steps == 0) or bool(
+                every_minutes and time.perf_counter() - last_save >= 60 * every_minutes)
+            stopping, due = distributed.any_rank(ctx, stop.signum is not None, due)  # all ranks act together
+            if done < batches and (due or stopping):
                 synchronize(dev)
-                mid = {"epoch": epoch, "batches_done": done, "loss_sum": loss_sum.detach(), "correct": correct,
-                       "count": count, "train_seconds": seconds_before + time.perf_counter() - t0,
-                       "rng": _rng_state(dev)}
-                atomic_save({"fingerprint": fingerprint, "model": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "log": rows,
-                             "best": best, "partial": mid}, state_path)
+                ranks = distributed.gather(ctx, {"loss_sum": loss_sum.detach().cpu(), "correct": correct.cpu(),
+                                                 "count": count, "rng": _rng_state(dev)})
+                mid = {"epoch": epoch, "batches_done": done, "ranks": ranks,
+                       "train_seconds": seconds_before + time.perf_counter() - t0}
+                if ctx.main:
+                    atomic_save({"fingerprint": fingerprint, "model": model.state_dict(),
+                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                 "log": rows, "best": best, "partial": mid}, state_path)
+                distributed.barrier(ctx)
                 last_save = time.perf_counter()
-                if stop.signum is not None:
+                if stopping:
                     bar.close()
-                    print(f"{spec['run']} seed {seed}: saved the state at epoch {epoch + 1}, batch {done}/{batches}; "
-                          f"exiting on {signal.Signals(stop.signum).name} (rerun to resume)", flush=True)
-                    raise SystemExit(128 + stop.signum)
+                    signum = stop.signum or signal.SIGTERM
+                    if ctx.main:
+                        print(f"{spec['run']} seed {seed}: saved the state at epoch {epoch + 1}, batch "
+                              f"{done}/{batches}; exiting on {signal.Signals(signum).name} (rerun to resume)",
+                              flush=True)
+                    raise SystemExit(128 + signum)
         bar.close()
         synchronize(dev)
         train_seconds = seconds_before + time.perf_counter() - t0
         scheduler.step()
-        loss, accuracy = float(loss_sum) / count, int(correct) / count
+        loss_sum, correct, count = distributed.all_sum(ctx, loss_sum, correct, torch.tensor(count, device=dev))
+        loss, accuracy = float(loss_sum) / float(count), float(correct) / float(count)
         if not math.isfinite(loss):
             raise FloatingPointError(f"{spec['run']} seed {seed}: training loss is {loss} in epoch {epoch + 1}")
         row = {"epoch": epoch + 1, "train_seconds": train_seconds, "loss": loss, "accuracy": accuracy, "lr": lr,
                "eval_seconds": "", "test_loss": "", "test_accuracy": "", "select_seconds": "", "select_accuracy": ""}
-        if test_loader is not None:
+        if test_loader is not None and ctx.main:
             t1 = time.perf_counter()
             row["test_loss"], row["test_accuracy"] = evaluate(method, model, test_loader, hp, dev)
             synchronize(dev)
             row["eval_seconds"] = time.perf_counter() - t1
-        if select_loader is not None:
+        if select_loader is not None and ctx.main:
             t1 = time.perf_counter()
             row["select_accuracy"] = selection_accuracy(model, select_loader, select, dev)
             synchronize(dev)
@@ -315,20 +348,29 @@ def _train(spec, out_dir, device, progress, on_epoch_end, stop: StopRequest) -> 
                 best = {"epoch": epoch + 1, "accuracy": row["select_accuracy"],
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         rows.append(row)
-        atomic_save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "log": rows, "best": best}, state_path)
-        atomic_write_text(out_dir / "train_log.tsv", _log_tsv(rows))
-        print(f"{spec['run']} seed {seed} epoch {epoch + 1}/{epochs}: loss {loss:.4f} acc {accuracy:.4f} "
-              f"lr {lr:.4g} {train_seconds:.2f}s" + (f" test acc {row['test_accuracy']:.4f}" if test_loader else "")
-              + (f" select acc {row['select_accuracy']:.4f} (best: epoch {best['epoch']})" if select else ""),
-              flush=True)
+        if ctx.main:
+            atomic_save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "log": rows, "best": best}, state_path)
+            atomic_write_text(out_dir / "train_log.tsv", _log_tsv(rows))
+        distributed.barrier(ctx)
+        if ctx.main:
+            print(f"{spec['run']} seed {seed} epoch {epoch + 1}/{epochs}: loss {loss:.4f} acc {accuracy:.4f} "
+                  f"lr {lr:.4g} {train_seconds:.2f}s"
+                  + (f" test acc {row['test_accuracy']:.4f}" if test_loader else "")
+                  + (f" select acc {row['select_accuracy']:.4f} (best: epoch {best['epoch']})" if select else ""),
+                  flush=True)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
-        if stop.signum is not None and epoch + 1 < epochs:
-            print(f"{spec['run']} seed {seed}: stopped after epoch {epoch + 1} on "
-                  f"{signal.Signals(stop.signum).name} (rerun to resume)", flush=True)
-            raise SystemExit(128 + stop.signum)
+        (stopping,) = distributed.any_rank(ctx, stop.signum is not None)
+        if stopping and epoch + 1 < epochs:
+            signum = stop.signum or signal.SIGTERM
+            if ctx.main:
+                print(f"{spec['run']} seed {seed}: stopped after epoch {epoch + 1} on "
+                      f"{signal.Signals(signum).name} (rerun to resume)", flush=True)
+            raise SystemExit(128 + signum)
 
+    if not ctx.main:  # rank 0 writes the model files
+        return out_dir / "model.pt"
     atomic_write_text(out_dir / "train_log.tsv", _log_tsv(rows))
     info = {"method": spec["method"], "dataset": spec["dataset"], "num_classes": data.info(spec["dataset"]).num_classes,
             "hparams": spec["hparams"], "epochs_done": len(rows), "checkpoint": "last",

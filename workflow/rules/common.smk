@@ -69,6 +69,12 @@ def shard_files(wildcards, ext="tsv"):
     return [f"{folder}/{wildcards.certifier}.{i}of{shards}.{ext}" for i in range(shards)]
 
 
+def train_launcher(wildcards):
+    """`python`, or `torchrun` with one process per `train.processes` (DistributedDataParallel, methods/distributed.py)."""
+    processes = SPECS[wildcards.run, int(wildcards.seed)]["train"]["processes"]
+    return "python" if processes == 1 else f"torchrun --standalone --nproc_per_node={processes}"
+
+
 def train_spec(wildcards):
     """The spec without its certify settings: changing n or alpha recertifies but never retrains."""
     return run_spec(wildcards, drop=("certify",))

@@ -8,6 +8,7 @@ rule train:
     params:
         spec=train_spec,
         out=lambda wildcards, output: os.path.dirname(output.model),
+        launcher=train_launcher,
     log:
         "logs/train/{dataset}/{run}/seed{seed}.log",
     benchmark:
@@ -21,7 +22,7 @@ rule train:
     conda:
         "../envs/methods.yaml"
     shell:
-        "python -m methods train --spec {params.spec:q} --out {params.out} --threads {threads} --no-progress"
+        "{params.launcher} -m methods train --spec {params.spec:q} --out {params.out} --threads {threads} --no-progress"
         " > {log} 2>&1"
 
 
