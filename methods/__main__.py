@@ -46,10 +46,13 @@ def _run_dir(spec: dict) -> Path:
 
 
 def _setup_threads(args) -> None:
+    """The job's threads, shared among torchrun's processes where there are several (WORLD_SIZE)."""
     if args.threads:
+        import os
+
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(max(1, args.threads // int(os.environ.get("WORLD_SIZE", "1"))))
 
 
 def cmd_train(args) -> None:
