@@ -257,6 +257,14 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
                                           "processes": ctx.world})
     distributed.barrier(ctx)  # nobody starts before a stale state was moved aside
 
+    def save_state(mid_epoch: dict | None) -> None:
+        """The resume state (rank 0 writes it, every rank waits): after an epoch, or mid-epoch with its position."""
+        if ctx.main:
+            atomic_save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "log": rows, "best": best, "partial": mid_epoch},
+                        state_path)
+        distributed.barrier(ctx)
+
     for epoch in range(len(rows), epochs):
         torch.manual_seed(epoch_seed(seed, epoch) + ctx.rank * RANK_SEED_STRIDE)
         order = torch.Generator().manual_seed(epoch_seed(seed, epoch))  # the same batch order on every rank
@@ -310,11 +318,7 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
                                                  "count": count, "rng": _rng_state(dev)})
                 mid = {"epoch": epoch, "batches_done": done, "ranks": ranks,
                        "train_seconds": seconds_before + time.perf_counter() - t0}
-                if ctx.main:
-                    atomic_save({"fingerprint": fingerprint, "model": model.state_dict(),
-                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                 "log": rows, "best": best, "partial": mid}, state_path)
-                distributed.barrier(ctx)
+                save_state(mid)
                 last_save = time.perf_counter()
                 if stopping:
                     bar.close()
@@ -348,11 +352,9 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
                 best = {"epoch": epoch + 1, "accuracy": row["select_accuracy"],
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         rows.append(row)
+        save_state(None)
         if ctx.main:
-            atomic_save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "log": rows, "best": best}, state_path)
             atomic_write_text(out_dir / "train_log.tsv", _log_tsv(rows))
-        distributed.barrier(ctx)
         if ctx.main:
             print(f"{spec['run']} seed {seed} epoch {epoch + 1}/{epochs}: loss {loss:.4f} acc {accuracy:.4f} "
                   f"lr {lr:.4g} {train_seconds:.2f}s"
