@@ -37,3 +37,14 @@ def linear_model(weight, bias=None):
         layer.weight.copy_(weight)
         layer.bias.copy_(torch.zeros(weight.shape[0]) if bias is None else torch.as_tensor(bias))
     return torch.nn.Sequential(torch.nn.Flatten(), layer)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the real-SLURM test (tests/cluster/) after every other test of the session. It installs SLURM and
+    snakemake-executor-plugin-slurm; with both present, a `snakemake` call can take about 10 s longer (the plugin
+    asks `scontrol` at import, which waits 10 s where a slurm.conf names a controller that is down). The rest of the
+    suite runs first, in the environment it started with. A stable sort: the other tests keep their order."""
+    from pathlib import Path
+
+    cluster = Path(__file__).parent / "cluster"
+    items.sort(key=lambda item: cluster in Path(str(item.path)).parents)
