@@ -110,6 +110,26 @@ def cmd_rebuild(args) -> None:
         print(f"wrote {path}")
 
 
+def cmd_plan(args) -> None:
+    import pandas as pd
+
+    from . import config as mc
+    from .plan import plan, summary
+    from .published import load
+    from .report import _markdown
+
+    jobs = plan(mc.load(args.configfile), load(), pd.read_csv(args.bench) if args.bench else None)
+    if args.out:
+        jobs.to_csv(args.out, index=False)
+    totals = summary(jobs)
+    print(_markdown(totals, ".1f"))
+    known = jobs["hours"].notna()
+    print(f"total: {jobs.loc[known, 'gpu_hours'].sum():,.0f} GPU-hours ({jobs.loc[known, 'hours'].sum():,.0f} job-hours)"
+          f" over {int(known.sum())} of {len(jobs)} jobs"
+          + (f"; {int((~known).sum())} jobs without a rate (see `source`{' in ' + args.out if args.out else ''})"
+             if (~known).any() else ""))
+
+
 def cmd_bench_train(args) -> None:
     from . import config
     from .bench_train import bench, format_rows
@@ -190,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--published", help="as summarize --published")
     p.add_argument("--published-csv", help="published numbers (default workflow/resources/published.csv)")
     p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser("plan", help="expected GPU-hours of every train and certify job of a config, and the total")
+    p.add_argument("--configfile", default=None, help="config (default: config/config.yaml)")
+    p.add_argument("--bench", help="measured rates (bench.csv: workload, path, sec_per_epoch, sec_per_image)")
+    p.add_argument("--out", help="write the per-job plan as CSV")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("bench-train", help="sec/batch and sec/epoch of several runs' training steps, side by side")
     p.add_argument("--configfile", help="config YAML (default: config/config.yaml)")

@@ -45,6 +45,9 @@ DATASETS: dict[str, DatasetInfo] = {
 DIGITS_TEST_SIZE = 500
 #: Size of the synthetic datasets (train, test): enough batches to time an epoch, small enough to allocate.
 SYNTHETIC_SIZES = {"synthetic-cifar10": (5000, 500), "synthetic-imagenet": (512, 64)}
+#: Test-set sizes (ImageNet: the validation set), for planning without the files at hand.
+TEST_SIZES = {"digits": DIGITS_TEST_SIZE, "mnist": 10_000, "cifar10": 10_000, "imagenet": 50_000,
+              **{name: sizes[1] for name, sizes in SYNTHETIC_SIZES.items()}}
 
 
 class DatasetNotFound(FileNotFoundError):
