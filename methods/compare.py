@@ -85,6 +85,11 @@ def estimate(frames: list[pd.DataFrame], metric: str, radius: float = 0.0, level
     return Estimate(mean, std, low, high, len(frames), f"t over {len(frames)} seeds")
 
 
+def _outside(est: Estimate, value: float) -> str:
+    """"yes" where the published value lies outside the reproduced interval (float slack 1e-12)."""
+    return "yes" if not est.low - 1e-12 <= value <= est.high + 1e-12 else ""
+
+
 def published_refs(cell) -> list[dict]:
     """summary.csv's `published` cell (JSON list of {paper, dataset, setting}; empty → [])."""
     if not isinstance(cell, str) or not cell:
@@ -157,7 +162,7 @@ def _fill(row: dict, group: pd.DataFrame, certifier: str | None, pub, comparable
     out = {**row, "seeds": est.seeds, "reproduced": est.value, "std": est.std, "ci_low": est.low,
            "ci_high": est.high, "interval": est.interval, "note": note}
     out["difference"] = est.value - pub.value if comparable else math.nan
-    out["outside"] = ("yes" if not est.low - 1e-12 <= pub.value <= est.high + 1e-12 else "") if comparable else ""
+    out["outside"] = _outside(est, pub.value) if comparable else ""
     return out
 
 
@@ -183,7 +188,7 @@ def _envelope_rows(summary: pd.DataFrame, published: pd.DataFrame, level: float)
                      "radius": pub.radius, "seeds": est.seeds, "reproduced": est.value, "std": est.std,
                      "ci_low": est.low, "ci_high": est.high, "interval": est.interval, "published": pub.value,
                      "difference": est.value - pub.value,
-                     "outside": "yes" if not est.low - 1e-12 <= pub.value <= est.high + 1e-12 else "",
+                     "outside": _outside(est, pub.value),
                      "note": "max over runs: optimistic; interval of the best run only"})
     return rows
 

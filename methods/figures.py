@@ -79,6 +79,7 @@ def _published_points(summary: pd.DataFrame, published: pd.DataFrame | None, met
     """(run, setting label, paper, metric, radius, value) of the published rows the summary's runs point at, same
     dataset only."""
     from .compare import published_refs
+    from .published import select
 
     if published is None or "published" not in summary:
         return pd.DataFrame(columns=["run", "label", "metric", "radius", "value", "sigma"])
@@ -87,9 +88,7 @@ def _published_points(summary: pd.DataFrame, published: pd.DataFrame | None, met
         for ref in published_refs(cell):
             if ref["dataset"] != dataset:
                 continue
-            part = published[(published["paper"] == ref["paper"]) & (published["dataset"] == ref["dataset"])
-                             & (published["setting"] == ref["setting"])]
-            for p in part.itertuples(index=False):
+            for p in select(published, ref["paper"], ref["dataset"], ref["setting"]).itertuples(index=False):
                 wanted = p.metric == "certified_accuracy" if metric_norm == "l2" else p.metric in (
                     "certified_accuracy", "pgd_accuracy", "autoattack_accuracy", "clean_accuracy")
                 if wanted and (metric_norm == "l2") == pd.notna(p.sigma):

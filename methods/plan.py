@@ -47,8 +47,13 @@ def _gpus(hardware: str) -> int:
 
 
 def _published_rate(published: pd.DataFrame, paper: str, dataset: str, setting: str, metric: str) -> float | None:
-    rows = published[(published["paper"] == paper) & (published["dataset"] == dataset)
-                     & (published["setting"] == setting) & (published["metric"] == metric)]
+    from .published import select
+
+    try:
+        rows = select(published, paper, dataset, setting)
+    except KeyError:
+        return None
+    rows = rows[rows["metric"] == metric]
     return float(rows["value"].iloc[0]) if len(rows) else None
 
 

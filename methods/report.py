@@ -203,6 +203,7 @@ def timing_table(summary: pd.DataFrame, published: pd.DataFrame | None = None) -
     its last-epoch rows (training is the same run). Where a run names a published setting with a timing (MACER's
     Table 3, the ℓ∞-dist v2 README), the paper's sec/epoch, epochs, hours and hardware sit beside ours."""
     from .compare import published_refs, ref_label
+    from .published import select
 
     summary = summary[_checkpoints(summary) == "last"]
     table = (summary.assign(model=_label(summary))
@@ -217,8 +218,8 @@ def timing_table(summary: pd.DataFrame, published: pd.DataFrame | None = None) -
     for run in table["run"]:
         found = {}
         for ref in published_refs(refs.get(run, "")) if published is not None else []:
-            rows = published[(published["paper"] == ref["paper"]) & (published["dataset"] == ref["dataset"])
-                             & (published["setting"] == ref["setting"]) & published["metric"].isin(PAPER_TIMING)]
+            rows = select(published, ref["paper"], ref["dataset"], ref["setting"])
+            rows = rows[rows["metric"].isin(PAPER_TIMING)]
             if len(rows) and not found:
                 found = {"paper_setting": ref_label(ref), "paper_hardware": rows["hardware"].iloc[0]}
                 found.update({PAPER_TIMING[m]: v for m, v in zip(rows["metric"], rows["value"])})

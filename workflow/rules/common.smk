@@ -140,10 +140,8 @@ def slurm_placement(step):
     """Keyword resources slurm_partition / slurm_account / gpu_model for `step`'s rules, only for the keys the
     config sets (config `resources.<step>.partition` etc., per run where a run overrides): an unset key leaves the
     SLURM profile's default-resources in force. A run without its own value falls back to the config's, else to
-    the empty string (the plugin then omits the option)."""
-    return {mc.SLURM_KEYS[key]: (lambda key: (lambda wildcards: mc.run_resource(config, wildcards.run, step, key)
-                                               or ""))(key) if step != "report" else
-            (mc.run_resource(config, None, step, key) or "")
+    the empty string (the plugin then omits the option). For the per-run steps, train and certify."""
+    return {mc.SLURM_KEYS[key]: lambda wildcards, key=key: mc.run_resource(config, wildcards.run, step, key) or ""
             for key in mc.slurm_keys_used(config, step)}
 
 
