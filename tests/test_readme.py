@@ -24,3 +24,13 @@ def test_ci_runs_the_readme_test_command():
     lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert tests in lines
     assert "set -euo pipefail" in lines  # a failing test (or pytest's exit 5, no tests) fails CI
+
+
+def test_the_main_commands_report_step_has_its_dependency_declared():
+    """`snakemake --report` needs pygments; the test extra pulls it in through pytest, so only the declared
+    dependencies of a plain `pip install -e .` show whether the README's main command can finish."""
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0].lower() for d in deps}
+    assert "snakemake" in names and "pygments" in names
