@@ -2,7 +2,9 @@
 
 The TSV is a superset of Cohen's certify.py output: ``idx label predict radius correct time`` (tab-separated, idx =
 dataset index, predict = -1 on abstain, radius 0 when wrong or abstaining, time in seconds, radius at full
-precision). A sidecar ``<name>.json`` records the certifier's settings, the subset and provenance.
+precision), then ``path dtype samples``: which path computed the row (fast / plain for smoothing, batch for the ℓ∞
+evaluators), the dtype of the base classifier's forward pass, and the noisy samples drawn for it (0 for ℓ∞). A
+sidecar ``<name>.json`` records the certifier's settings, the subset, the path's settings and provenance.
 
 Noise is seeded per example from (run seed, dataset index), so a certificate does not depend on which shard or
 which resumed process computed it. Rows are appended to ``<name>.tsv.partial`` as they finish (not a declared
@@ -27,9 +29,13 @@ from . import data
 from .checkpoint import load_checkpoint
 from .config import spec_json
 from .io import atomic_write_text, provenance, select_device, synchronize, write_json
-from .smoothing import Smooth, default_split_grid, max_radius, t_certify_counts, t_certify_counts_grid
+from .sampling import FastSampler, FastSettings, resolve_dtype, run_plain
+from .smoothing import (certify_plan, default_split_grid, max_radius, t_certify_counts, t_certify_counts_grid,
+                        t_certify_grid_plan, t_certify_plan)
 
-TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+#: The first six are Cohen's; read_tsv accepts files with only those (written before the fast path existed).
+TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "path", "dtype", "samples")
+COHEN_COLUMNS = TSV_COLUMNS[:6]
 @dataclass(frozen=True)
 class Certifier:
     """What an evaluator applies to and what its radii mean (the report never mixes certified and empirical)."""
@@ -48,6 +54,10 @@ CERTIFIERS = {
     "t-certify-grid": Certifier(("l2-smoothing",), "l2", "certified",
                                 "paper-style T-CERTIFY, reconstructed (METHODS.md §4): the largest radius over a grid "
                                 "of alpha splits, each at alpha / (grid length), Bonferroni-corrected"),
+    "adaptive": Certifier(("l2-smoothing",), "l2", "certified",
+                          "adaptive: a sequential test per configured radius (Clopper-Pearson at alpha / J over J "
+                          "pre-planned looks, anytime-valid); its radius is the largest configured radius it "
+                          "certified, so its ACR is a lower bound and not comparable with CERTIFY's"),
     "linf-margin": Certifier(("linf-certified",), "linf", "certified"),
     "linf-interval": Certifier(("linf-certified",), "linf", "certified",
                                "interval bounds over the eps-box clipped to [0, 1], on the eps grid"),
@@ -62,7 +72,7 @@ CERTIFIERS = {
 #: The certify settings each norm's evaluators read; a certify job's spec keeps only these, so changing n re-runs
 #: no ℓ∞ evaluation, changing the ε grid no smoothing certificate, and adding a certifier re-runs nothing else.
 SETTINGS = {"l2": ("sigma", "n0", "n", "alpha", "batch_size", "start", "skip", "count", "t_certify_split",
-                   "t_certify_grid_size"),
+                   "t_certify_grid_size", "fast", "dtype", "compile", "max_batch", "adaptive"),
             "linf": ("eps_grid", "batch_size", "start", "skip", "count")}
 
 
@@ -142,27 +152,38 @@ def _tsv_text(rows: list[dict]) -> str:
 def read_tsv(path: str | Path) -> pd.DataFrame:
     """A per-example TSV as a DataFrame, with the format checked."""
     frame = pd.read_csv(path, sep="\t")
-    if tuple(frame.columns[: len(TSV_COLUMNS)]) != TSV_COLUMNS:
+    if tuple(frame.columns[: len(COHEN_COLUMNS)]) != COHEN_COLUMNS:
         raise ValueError(f"{path}: expected columns {TSV_COLUMNS}, found {tuple(frame.columns)}")
     return frame
 
 
-def _smoothing_evaluator(certifier: str, model, info: dict, cfg: dict, seed: int, dev):
-    """Per example: every smoothing certifier draws the same noise for the same (seed, idx), so they compare
-    paired."""
-    smooth = Smooth(model, info["num_classes"], cfg["sigma"])
-    args = (cfg["n0"], cfg["n"], cfg["alpha"], cfg["batch_size"])
+def smoothing_plan(certifier: str, cfg: dict):
+    """A fresh sampling plan of `certifier` for one image (methods/sampling.py)."""
+    from .adaptive import adaptive_plan
 
-    def one(x, idx):
-        generator = example_generator(seed, idx, dev)
-        if certifier == "cohen":
-            return smooth.certify(x, *args, generator=generator)
-        if certifier == "t-certify":
-            return smooth.t_certify(x, *args, split=cfg["t_certify_split"], generator=generator)
-        return smooth.t_certify_grid(x, *args, grid=default_split_grid(cfg["t_certify_grid_size"]),
-                                     generator=generator)
+    args = (cfg["n0"], cfg["n"], cfg["sigma"], cfg["alpha"])
+    if certifier == "cohen":
+        return certify_plan(*args)
+    if certifier == "t-certify":
+        return t_certify_plan(*args, split=cfg["t_certify_split"])
+    if certifier == "t-certify-grid":
+        return t_certify_grid_plan(*args, grid=default_split_grid(cfg["t_certify_grid_size"]))
+    adaptive = cfg["adaptive"]
+    return adaptive_plan(*args, radii=adaptive["radii"], first_look=adaptive["first_look"],
+                         growth=adaptive["growth"])
 
-    return lambda xs, ys, idxs: [one(x, idx) for x, idx in zip(xs, idxs)]
+
+def smoothing_sampler(model, num_classes: int, sample_shape, cfg: dict, dev: torch.device):
+    """The driver of the smoothing plans: the fast path (default) or the plain one (`certify.fast: false`).
+    Returns (run(items) -> iterator of (key, Outcome), describe() -> what the sidecar records of the path)."""
+    if not cfg["fast"]:
+        def run(items):
+            return run_plain(model, num_classes, cfg["sigma"], cfg["batch_size"], items)
+        return run, lambda: {"path": "plain", "dtype": "float32", "channels_last": False, "compile": False}
+    settings = FastSettings(dtype=resolve_dtype(cfg["dtype"], dev), channels_last=True, compile=cfg["compile"],
+                            max_batch=cfg["max_batch"])
+    sampler = FastSampler(model, num_classes, cfg["sigma"], cfg["batch_size"], sample_shape, dev, settings)
+    return sampler.run, sampler.describe
 
 
 def _linf_evaluator(certifier: str, model, info: dict, cfg: dict, seed: int):
@@ -237,6 +258,11 @@ def certifier_max_radius(certifier: str, cfg: dict, sigma: float | None, num_cla
         return None if certifier == "linf-margin" else max(cfg["eps_grid"])
     if certifier == "cohen":
         return max_radius(sigma, cfg["n"], cfg["alpha"])
+    if certifier == "adaptive":
+        from . import adaptive
+
+        a = cfg["adaptive"]
+        return adaptive.max_radius(sigma, cfg["n"], cfg["alpha"], a["radii"], a["first_look"], a["growth"])
     unanimous = [cfg["n0"]] + [0] * (num_classes - 1), [cfg["n"]] + [0] * (num_classes - 1)
     if certifier == "t-certify":
         return t_certify_counts(*unanimous, sigma, cfg["alpha"], cfg["t_certify_split"])[1]
@@ -252,6 +278,12 @@ def _settings(certifier: str, cfg: dict) -> dict:
         out["t_certify_split"] = cfg["t_certify_split"]
     if certifier == "t-certify-grid":
         out["t_certify_grid"] = default_split_grid(cfg["t_certify_grid_size"])
+    if certifier == "adaptive":
+        from .adaptive import decision_radii, look_schedule
+
+        a = cfg["adaptive"]
+        out.update(radii=list(decision_radii(a["radii"])),
+                   looks=look_schedule(cfg["n"], a["first_look"], a["growth"]))
     return out
 
 
@@ -259,8 +291,9 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
                 device: str = "auto", shard: int = 0, shards: int = 1, progress: bool = True) -> Path:
     """Evaluate the run's test subset (or one shard of it) with `certifier`; write `out` (TSV) and its sidecar JSON.
 
-    Smoothing certifiers work one example at a time (each costs n forward passes); ℓ∞ evaluators a batch of
-    `certify.batch_size` examples at a time, each example's `time` being its share of the batch.
+    Smoothing certifiers run as sampling plans on the fast path (many images per forward pass; an example's `time`
+    is its share of the passes it took part in) or the plain one (one image at a time); ℓ∞ evaluators take a batch
+    of `certify.batch_size` examples at a time, each example's `time` being its share of the batch.
     """
     spec = certifier_spec(spec, certifier)  # also refuses an unknown certifier
     out = Path(out)
@@ -272,11 +305,6 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
     cfg = spec["certify"]
     test_set = data.load(info["dataset"], "test", spec["data_root"], spec["download"])
     indices = shard_of(subset_indices(len(test_set), cfg["start"], cfg["skip"], cfg["count"]), shard, shards)
-    if CERTIFIERS[certifier].norm == "l2":
-        evaluate, chunk = _smoothing_evaluator(certifier, model, info, cfg, spec["seed"], dev), 1
-    else:
-        evaluate, chunk = _linf_evaluator(certifier, model, info, cfg, spec["seed"]), cfg["batch_size"]
-
     partial = out.with_name(out.name + ".partial")
     fingerprint = _fingerprint(Path(checkpoint), spec, certifier, shard, shards)
     done = _resumable_rows(partial, fingerprint)
@@ -288,24 +316,48 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
     if rows_kept:
         print(f"resuming certification: {len(rows_kept)} of {len(indices)} examples already done", flush=True)
 
+    def write(fh, idx: int, label: int, prediction: int, radius: float, seconds: float, path: str, dtype: str,
+              samples: int) -> None:
+        correct = int(prediction == label)
+        fh.write(_format_row({"idx": idx, "label": label, "predict": prediction,
+                              "radius": repr(float(radius) if correct else 0.0), "correct": correct,
+                              "time": repr(seconds), "path": path, "dtype": dtype, "samples": samples}))
+
+    norm = CERTIFIERS[certifier].norm
     with open(partial, "a") as fh, tqdm(total=len(todo), desc=f"{certifier} {spec['run']} seed{spec['seed']}",
                                          disable=not progress, file=sys.stderr) as bar:
-        for start in range(0, len(todo), chunk):
-            idxs = todo[start:start + chunk]
-            xs, labels = zip(*(test_set[i] for i in idxs))
-            xs, labels = torch.stack(xs).to(dev), [int(label) for label in labels]
-            synchronize(dev)
-            t0 = time.perf_counter()
-            results = evaluate(xs, torch.tensor(labels, device=dev), idxs)
-            synchronize(dev)
-            seconds = (time.perf_counter() - t0) / len(idxs)
-            for idx, label, (prediction, radius) in zip(idxs, labels, results):
-                correct = int(prediction == label)
-                fh.write(_format_row({"idx": idx, "label": label, "predict": prediction,
-                                      "radius": repr(float(radius) if correct else 0.0), "correct": correct,
-                                      "time": repr(seconds)}))
-            fh.flush()
-            bar.update(len(idxs))
+        if norm == "l2":
+            run, describe = smoothing_sampler(model, info["num_classes"], test_set[0][0].shape, cfg, dev)
+            labels = {}
+
+            def items():  # loaded lazily: the fast path holds only the images in flight
+                for idx in todo:
+                    x, labels[idx] = test_set[idx]
+                    yield idx, x.to(dev), example_generator(spec["seed"], idx, dev), smoothing_plan(certifier, cfg)
+
+            for idx, outcome in run(items()):
+                (prediction, radius), path = outcome.result, describe()
+                write(fh, idx, int(labels.pop(idx)), prediction, radius, outcome.seconds, path["path"],
+                      path["dtype"], outcome.samples)
+                fh.flush()
+                bar.update(1)
+            path_info = describe()
+        else:
+            evaluate, chunk = _linf_evaluator(certifier, model, info, cfg, spec["seed"]), cfg["batch_size"]
+            for start in range(0, len(todo), chunk):
+                idxs = todo[start:start + chunk]
+                xs, labels = zip(*(test_set[i] for i in idxs))
+                xs, labels = torch.stack(xs).to(dev), [int(label) for label in labels]
+                synchronize(dev)
+                t0 = time.perf_counter()
+                results = evaluate(xs, torch.tensor(labels, device=dev), idxs)
+                synchronize(dev)
+                seconds = (time.perf_counter() - t0) / len(idxs)
+                for idx, label, (prediction, radius) in zip(idxs, labels, results):
+                    write(fh, idx, label, prediction, radius, seconds, "batch", "float32", 0)
+                fh.flush()
+                bar.update(len(idxs))
+            path_info = {"path": "batch", "dtype": "float32"}
 
     atomic_write_text(out, _tsv_text(sorted(_read_rows(partial), key=lambda r: int(r["idx"]))))
     write_json(out.with_suffix(".json"), {
@@ -313,7 +365,7 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
         "sigma": cfg.get("sigma"), **_settings(certifier, cfg),
         "max_radius": certifier_max_radius(certifier, cfg, cfg.get("sigma"), info["num_classes"]),
         "subset": {"start": cfg["start"], "skip": cfg["skip"], "count": cfg["count"], "examples": len(indices)},
-        "shard": shard, "shards": shards, "dtype": "float32", "model": str(checkpoint), "model_info": info,
+        "shard": shard, "shards": shards, **path_info, "model": str(checkpoint), "model_info": info,
         "provenance": provenance(dev)})
     partial.unlink()
     return out

@@ -199,6 +199,8 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
         raise ConfigError(f"config error at {where}.certify.n0: n0 = {cert['n0']} exceeds n = {cert['n']}")
     if cert["sigma"] is None:
         cert["sigma"] = getattr(hparams, "sigma", None)
+    if cert["adaptive"]["radii"] is None:  # the adaptive certifier decides the radii the tables ask about
+        cert["adaptive"]["radii"] = list(spec["report"]["radii"])
     if abs(sum(cert["t_certify_split"]) - 1) > 1e-9:
         raise ConfigError(f"config error at {where}.certify.t_certify_split: the fractions of alpha must sum to 1, "
                           f"got {cert['t_certify_split']}")

@@ -14,6 +14,8 @@ import torch
 from scipy.stats import binomtest, norm
 from statsmodels.stats.proportion import proportion_confint
 
+from .sampling import plain_counts, run_plan
+
 
 def lower_confidence_bound(successes: int, trials: int, alpha: float) -> float:
     """One-sided (1 − α) Clopper–Pearson lower bound on a binomial proportion (0 when there are no successes)."""
@@ -150,8 +152,52 @@ def t_certify_counts_grid(counts_selection: Sequence[int], counts_estimation: Se
     return best
 
 
+def certify_counts(counts_selection: Sequence[int], counts_estimation: Sequence[int], sigma: float,
+                   alpha: float) -> tuple[int, float]:
+    """CERTIFY on per-class counts: the top selection class A (ties → lowest index), p̲A from the estimation counts,
+    (A, σ·Φ⁻¹(p̲A)) or (ABSTAIN, 0.0) when p̲A < ½."""
+    top = _top_two([int(c) for c in counts_selection])[0] if len(counts_selection) > 1 else 0
+    n = int(sum(int(c) for c in counts_estimation))
+    p_lower = lower_confidence_bound(int(counts_estimation[top]), n, alpha)
+    if p_lower < 0.5:
+        return _ABSTAIN, 0.0
+    return top, sigma * float(norm.ppf(p_lower))
+
+
+def certify_plan(n0: int, n: int, sigma: float, alpha: float):
+    """CERTIFY as a sampling plan (methods/sampling.py): n0 selection draws, then n fresh ones."""
+    selection = yield n0
+    estimation = yield n
+    return certify_counts(selection, estimation, sigma, alpha)
+
+
+def t_certify_plan(n0: int, n: int, sigma: float, alpha: float, split: Sequence[float] = T_CERTIFY_DEFAULT_SPLIT):
+    """T-CERTIFY on the same draws as `certify_plan` (same order and sizes), so the two compare image by image."""
+    selection = yield n0
+    estimation = yield n
+    return t_certify_counts(selection.tolist(), estimation.tolist(), sigma, alpha, split)
+
+
+def t_certify_grid_plan(n0: int, n: int, sigma: float, alpha: float, grid: Sequence[Sequence[float]]):
+    """Paper-style T-CERTIFY (Bonferroni over the grid) on the same draws as `certify_plan`."""
+    selection = yield n0
+    estimation = yield n
+    return t_certify_counts_grid(selection.tolist(), estimation.tolist(), sigma, alpha, grid)
+
+
+def predict_plan(n: int, alpha: float, num_classes: int):
+    """PREDICT: g(x), or ABSTAIN when a two-sided binomial test cannot tell the top two classes apart at level α."""
+    counts = yield n
+    order = sorted(range(num_classes), key=lambda c: (-int(counts[c]), c))
+    n1, n2 = int(counts[order[0]]), int(counts[order[1]])
+    if binomtest(n1, n1 + n2, 0.5).pvalue > alpha:
+        return _ABSTAIN
+    return order[0]
+
+
 class Smooth:
-    """The smoothed classifier g around `base_classifier` (a batch of [0, 1] images → logits)."""
+    """The smoothed classifier g around `base_classifier` (a batch of [0, 1] images → logits), on the plain path:
+    one image at a time, `batch_size` draws per forward pass (the fast path is methods/sampling.FastSampler)."""
 
     ABSTAIN = -1
 
@@ -162,16 +208,14 @@ class Smooth:
         self.num_classes = num_classes
         self.sigma = sigma
 
+    def run(self, plan, x: torch.Tensor, batch_size: int, generator: torch.Generator | None = None):
+        """A sampling plan's answer at x (C, H, W), its draws made by `sample_counts`."""
+        return run_plan(plan, lambda num: self.sample_counts(x, num, batch_size, generator))[0]
+
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
                 generator: torch.Generator | None = None) -> tuple[int, float]:
         """(class, certified ℓ2 radius) of g at x, or (ABSTAIN, 0.0). x: one example (C, H, W) on the model's device."""
-        counts_selection = self.sample_counts(x, n0, batch_size, generator)
-        top = int(counts_selection.argmax())  # ties → lowest index
-        counts_estimation = self.sample_counts(x, n, batch_size, generator)
-        p_lower = lower_confidence_bound(int(counts_estimation[top]), n, alpha)
-        if p_lower < 0.5:
-            return Smooth.ABSTAIN, 0.0
-        return top, self.sigma * float(norm.ppf(p_lower))
+        return self.run(certify_plan(n0, n, self.sigma, alpha), x, batch_size, generator)
 
     def t_certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
                   split: Sequence[float] = T_CERTIFY_DEFAULT_SPLIT,
@@ -181,43 +225,20 @@ class Smooth:
         The draws are made exactly as `certify` makes them (same order and sizes), so with the same generator state
         both see the same counts and the two certifiers can be compared image by image.
         """
-        counts_selection = self.sample_counts(x, n0, batch_size, generator)
-        counts_estimation = self.sample_counts(x, n, batch_size, generator)
-        return t_certify_counts(counts_selection.tolist(), counts_estimation.tolist(), self.sigma, alpha, split)
+        return self.run(t_certify_plan(n0, n, self.sigma, alpha, split), x, batch_size, generator)
 
     def t_certify_grid(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
                        grid: Sequence[Sequence[float]],
                        generator: torch.Generator | None = None) -> tuple[int, float]:
         """"Paper-style" T-CERTIFY: `t_certify_counts_grid` (Bonferroni over the grid) on the same draws as `certify`."""
-        counts_selection = self.sample_counts(x, n0, batch_size, generator)
-        counts_estimation = self.sample_counts(x, n, batch_size, generator)
-        return t_certify_counts_grid(counts_selection.tolist(), counts_estimation.tolist(), self.sigma, alpha, grid)
+        return self.run(t_certify_grid_plan(n0, n, self.sigma, alpha, grid), x, batch_size, generator)
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int,
                 generator: torch.Generator | None = None) -> int:
         """g(x), or ABSTAIN when a two-sided binomial test cannot tell the top two classes apart at level α."""
-        counts = self.sample_counts(x, n, batch_size, generator)
-        order = sorted(range(self.num_classes), key=lambda c: (-int(counts[c]), c))
-        n1, n2 = int(counts[order[0]]), int(counts[order[1]])
-        if binomtest(n1, n1 + n2, 0.5).pvalue > alpha:
-            return Smooth.ABSTAIN
-        return order[0]
+        return self.run(predict_plan(n, alpha, self.num_classes), x, batch_size, generator)
 
     def sample_counts(self, x: torch.Tensor, num: int, batch_size: int,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """How often f predicts each class on `num` noisy copies of x, drawn in chunks of `batch_size`.
-
-        Counts stay on the device until the end (one host sync per call); the last chunk holds the remainder.
-        """
-        self.base_classifier.eval()
-        counts = torch.zeros(self.num_classes, dtype=torch.long, device=x.device)
-        with torch.inference_mode():
-            remaining = num
-            while remaining > 0:
-                size = min(batch_size, remaining)
-                batch = x.unsqueeze(0).expand(size, *x.shape)
-                noise = torch.randn(batch.shape, device=x.device, dtype=x.dtype, generator=generator)
-                predictions = self.base_classifier(batch + noise * self.sigma).argmax(1)
-                counts += torch.bincount(predictions, minlength=self.num_classes)
-                remaining -= size
-        return counts.cpu()
+        """How often f predicts each class on `num` noisy copies of x, drawn in chunks of `batch_size`."""
+        return plain_counts(self.base_classifier, x, num, self.sigma, self.num_classes, batch_size, generator)
