@@ -20,6 +20,7 @@ the fractional epoch `progress` and use `loss(z, y, hp, progress, model.scale)` 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -39,6 +40,10 @@ INF = float("inf")
 #: chunk_bytes is None. Big tiles amortise kernel launches on a GPU; on a CPU cache-sized tiles run 2-3× faster
 #: than 64-256 MB ones (methods/linf_dist_bench.py: 16 × 5120 × 5120, 2 cores).
 DEFAULT_CHUNK_BYTES = {"cuda": 256 * 2**20, "cpu": 8 * 2**20}
+
+#: lp_dist on float32 CUDA tensors runs the Triton kernels (methods/linf_dist_triton.py) unless this is False
+#: (METHODS_LINF_TRITON=0 in the environment at import): then, and everywhere else, the chunked torch path.
+USE_TRITON = os.environ.get("METHODS_LINF_TRITON", "1") != "0"
 
 
 def _budget(chunk_bytes, device: torch.device) -> int:
@@ -162,6 +167,10 @@ def lp_dist(x: torch.Tensor, weight: torch.Tensor, p: float, chunk_bytes: int | 
         raise ValueError(f"expected x (B, in) and weight (out, in), got {tuple(x.shape)} and {tuple(weight.shape)}")
     if x.dtype != weight.dtype or x.device != weight.device:
         raise ValueError(f"x and weight differ: {x.dtype}/{x.device} vs {weight.dtype}/{weight.device}")
+    if USE_TRITON and x.is_cuda:
+        from . import linf_dist_triton
+        if linf_dist_triton.available(x, weight):
+            return linf_dist_triton.lp_dist(x, weight, p, chunk_bytes)
     return _LpDist.apply(x, weight, p, _budget(chunk_bytes, x.device))
 
 
