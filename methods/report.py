@@ -82,7 +82,11 @@ def summarize(tsv_files: list[str | Path], radii: list[float], out: str | Path,
         norm_radii = linf_radii if row["norm"] == "linf" and linf_radii else radii
         row.update({radius_column(r): certified_accuracy(frame, r) for r in norm_radii})
         row.update(_train_log_stats(run_dir))
-        row.update({"certify_sec_per_example": float(frame["time"].mean()), "device": info["device"],
+        row.update({"certify_sec_per_example": float(frame["time"].mean()),
+                    "samples_per_example": float(frame["samples"].mean()) if "samples" in frame else float("nan"),
+                    "certify_path": "/".join(sorted(set(frame["path"]))) if "path" in frame else "",
+                    "certify_dtype": "/".join(sorted(set(frame["dtype"]))) if "dtype" in frame else "",
+                    "device": info["device"],
                     "certify_device": meta["provenance"]["device_name"], "examples": len(frame),
                     "subset": "start {start}, skip {skip}, count {count}".format(**meta["subset"]),
                     "n0": meta.get("n0"), "n": meta.get("n"), "alpha": meta.get("alpha"),
@@ -193,6 +197,36 @@ def envelope_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def cost_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Every smoothing certifier of a run side by side: certified accuracy at the radii, noisy samples and seconds
+    per image, the path and dtype that computed them, and against CERTIFY on the same run: the share of its samples
+    and the largest accuracy gap over the radii (mean over seeds)."""
+    summary = _of_norm(summary, "l2")
+    radius_cols = _radius_cols(summary)
+    if summary.empty:
+        return pd.DataFrame()
+    summary = summary.assign(checkpoint=_checkpoints(summary))
+    for col in ("samples_per_example", "certify_path", "certify_dtype"):
+        if col not in summary:
+            summary[col] = float("nan") if col == "samples_per_example" else ""
+    table = (summary.groupby(["run", "checkpoint", "certifier"], sort=False)
+             .agg(**{c: (c, "mean") for c in radius_cols}, samples_per_example=("samples_per_example", "mean"),
+                  sec_per_example=("certify_sec_per_example", "mean"), path=("certify_path", "first"),
+                  dtype=("certify_dtype", "first"), seeds=("seed", "nunique"))
+             .reset_index())
+    cohen = table[table["certifier"] == "cohen"].set_index(["run", "checkpoint"])
+    share, gap = [], []
+    for _, row in table.iterrows():
+        key = (row["run"], row["checkpoint"])
+        base = cohen.loc[key] if key in cohen.index else None
+        share.append(row["samples_per_example"] / base["samples_per_example"] if base is not None else float("nan"))
+        gap.append(max((abs(row[c] - base[c]) for c in radius_cols), default=float("nan"))
+                   if base is not None else float("nan"))
+    table["samples_vs_cohen"] = share
+    table["max_acc_gap_vs_cohen"] = gap
+    return table.rename(columns={c: c.split("@")[1] for c in radius_cols})
+
+
 #: The paper's own timing columns of the timing table (metric in published.csv → column).
 PAPER_TIMING = {"sec_per_epoch": "paper_sec_per_epoch", "epochs": "paper_epochs", "total_hours": "paper_total_hours"}
 
@@ -290,7 +324,13 @@ def write_tables(summary: pd.DataFrame, tables_dir: str | Path, what: tuple[str,
                     f"Approximate certified accuracy at each l2 radius and ACR. {protocol}.", ".3f"),
                    ("envelope", l2, envelope_table(summary), radius_cols,
                     f"Upper envelope: the best run of each method at each l2 radius (as Salman et al.'s headline "
-                    f"tables). {protocol}.", ".3f")]
+                    f"tables). {protocol}.", ".3f"),
+                   ("certification_cost", l2, cost_table(summary), [],
+                    f"Certification cost: every smoothing certifier of a run side by side, with its noisy samples "
+                    f"and seconds per image, the path (fast / plain) and dtype of the base classifier, and, against "
+                    f"CERTIFY on the same run, the share of its samples and the largest gap in certified accuracy "
+                    f"over the radii. The adaptive certifier only decides the configured radii (its n is a "
+                    f"maximum). {protocol}.", ".4g")]
     if "linf" in what:
         linf = _of_norm(summary, "linf")
         acc = accuracy_table(summary, "linf")

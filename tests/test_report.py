@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from methods.report import average_certified_radius, certified_accuracy, curves, report, summarize
+from methods.report import average_certified_radius, certified_accuracy, cost_table, curves, report, summarize
 
 ROWS = pd.DataFrame({  # correct, radius: two certified, one wrong (radius zeroed), one abstain, one correct at r=0.2
     "idx": [0, 1, 2, 3, 4], "label": [1, 2, 3, 4, 5], "predict": [1, 2, 0, -1, 5],
@@ -69,7 +69,9 @@ def test_summary_tables_and_figure(tmp_path):
     assert {p.name for p in written} == {"certified_accuracy.png", "certified_accuracy.pdf",
                                          "certified_accuracy.csv", "certified_accuracy.md", "certified_accuracy.tex",
                                          "timing.csv", "timing.md", "timing.tex",
-                                         "envelope.csv", "envelope.md", "envelope.tex"}
+                                         "envelope.csv", "envelope.md", "envelope.tex",
+                                         "certification_cost.csv", "certification_cost.md",
+                                         "certification_cost.tex"}
     assert all(p.stat().st_size > 0 for p in written)
     table = pd.read_csv(tmp_path / "tables" / "certified_accuracy.csv")
     seeds_mean = table.set_index("model").loc["cohen-0.25"]
@@ -81,6 +83,26 @@ def test_summary_tables_and_figure(tmp_path):
     assert r"\textbf{0.38}" in tex and "cohen-0.50 & cohen & 0.50 & 0.50 & 0.25 &" in tex
     assert r"\textbf{0.375}" in tex        # best ACR, 3 decimals: (1.8/4 + 1.2/4) / 2
     assert "4 test images" in (tmp_path / "tables" / "certified_accuracy.md").read_text()
+
+
+def test_cost_table_sets_each_certifier_beside_certify(tmp_path):
+    """Samples and seconds per image from the TSVs' columns; the share of CERTIFY's samples and the largest accuracy
+    gap over the radii are computed against the cohen rows of the same run (mean over seeds)."""
+    root = tmp_path / "results"
+    tsvs = _fake_results(root, {"cohen-0.25": (0.25, [[0.3, 0.6, 0.0, 0.9]])})
+    tsvs += _fake_results(root, {"cohen-0.25": (0.25, [[0.25, 0.5, 0.0, 0.0]])}, certifier="adaptive")
+    for tsv, samples in zip(tsvs, ([1100] * 4, [200, 400, 100, 100])):
+        frame = pd.read_csv(tsv, sep="\t").assign(path="fast", dtype="bfloat16", samples=samples)
+        frame.to_csv(tsv, sep="\t", index=False)
+    summary = summarize(tsvs, [0.0, 0.25, 0.5], tmp_path / "summary.csv")
+    table = cost_table(summary).set_index("certifier")
+    assert table.loc["cohen", "samples_per_example"] == 1100
+    assert table.loc["adaptive", "samples_per_example"] == 200
+    assert table.loc["adaptive", "samples_vs_cohen"] == pytest.approx(200 / 1100)
+    # cohen: acc 0.75 / 0.75 / 0.5 at 0 / 0.25 / 0.5; adaptive: 0.5 / 0.5 / 0.25 → largest gap 0.25
+    assert table.loc["adaptive", "max_acc_gap_vs_cohen"] == pytest.approx(0.25)
+    assert table.loc["cohen", "samples_vs_cohen"] == 1.0 and table.loc["cohen", "max_acc_gap_vs_cohen"] == 0.0
+    assert table.loc["adaptive", "path"] == "fast" and table.loc["adaptive", "dtype"] == "bfloat16"
 
 
 def test_curve_is_a_step_function_on_a_0_01_grid(tmp_path):

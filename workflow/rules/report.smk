@@ -34,7 +34,8 @@ rule summarize:
 
 
 rule report:
-    """The l2 certified-accuracy-vs-radius figure of every run (PNG, PDF), the accuracy and upper-envelope tables."""
+    """The l2 certified-accuracy-vs-radius figure of every run (PNG, PDF), the accuracy, upper-envelope and
+    certification-cost tables."""
     input:
         summary="results/{dataset}/summary.csv",
         tsv=lambda wildcards: certify_outputs(wildcards.dataset),
@@ -48,6 +49,9 @@ rule report:
         envelope=multiext("results/{dataset}/tables/envelope", ".md", ".tex"),
         envelope_csv=report("results/{dataset}/tables/envelope.csv", caption="../report/envelope_table.rst",
                             category="{dataset}", subcategory="l2"),
+        cost=multiext("results/{dataset}/tables/certification_cost", ".md", ".tex"),
+        cost_csv=report("results/{dataset}/tables/certification_cost.csv",
+                        caption="../report/certification_cost.rst", category="{dataset}", subcategory="l2"),
     params:
         radius_max=config["report"]["radius_max"],
         title=config["report"]["title"],
