@@ -130,6 +130,16 @@ def cmd_plan(args) -> None:
              if (~known).any() else ""))
 
 
+def cmd_bench(args) -> None:
+    from .bench import bench, markdown
+    from .io import select_device
+
+    _setup_threads(args)
+    frame = bench(quick=not args.full, device=args.device, out=args.out, only=args.only)
+    print(markdown(frame, not args.full, select_device(args.device)))
+    print(f"wrote {Path(args.out) / 'bench.csv'} and {Path(args.out) / 'bench.md'}")
+
+
 def cmd_bench_train(args) -> None:
     from . import config
     from .bench_train import bench, format_rows
@@ -227,6 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_bench_train)
+
+    p = sub.add_parser("bench", help="each workload on the reference procedure and on the fast path, side by side "
+                                     "(bench.csv, bench.md)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="CPU-sized workloads, minutes on 2 cores (the default)")
+    size.add_argument("--full", action="store_true", help="paper-sized workloads (meant for a GPU)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="bench", help="directory for bench.csv and bench.md")
+    p.add_argument("--only", nargs="+", choices=["certify", "train", "linf", "adaptive"], help="a subset of the parts")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     from .config import ConfigError

@@ -210,7 +210,7 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
     if train["milestones"] != sorted(train["milestones"]):
         raise ConfigError(f"config error at {where}.train.milestones: must be increasing, got {train['milestones']}")
 
-    for key in ("resources", "report", "seeds"):  # none of them changes what this (run, seed) computes
+    for key in ("resources", "report", "seeds", "bench"):  # none changes what this (run, seed) computes
         spec.pop(key, None)
     spec.update(run=name, method=run["method"], hparams=dataclasses.asdict(hparams), seed=seed,
                 threat_model=method.THREAT_MODEL)
