@@ -7,6 +7,11 @@ Each run's own train_step (attack, k noisy copies, mini-batches) is timed on ran
 after `warmup` untimed steps, with the device synchronised around the timed region. sec/epoch = sec/batch ×
 batches per epoch of the real dataset (50,000 CIFAR-10 images, 1,281,167 ImageNet). The first run is the baseline
 of the ratio column, measured in the same process, so the ratios hold on a shared, noisy machine.
+
+`compare_paths` times each run's step twice in one process: on the reference path (plain fp32 eager, torch's default
+optimizer, NCHW) and on the fast path (methods/fast_train.py: bf16 autocast on CUDA, channels_last, torch.compile,
+fused optimizer), on the same random batch. Only the step is timed on both paths, not the data loading: the fast
+path's on-device crop/flip is not in its number, nor the reference path's DataLoader in its own.
 """
 from __future__ import annotations
 
@@ -15,38 +20,70 @@ import time
 
 import torch
 
-from . import data, models
+from . import data, fast_train
 from .io import device_name, select_device, synchronize
-from .registry import get_method
-from .train import default_train_step, method_optimizer
+from .train import build_training
 
 #: Training-set sizes the sec/epoch extrapolation uses (synthetic datasets stand for the real ones).
 TRAIN_SIZES = {"digits": 1297, "mnist": 60_000, "cifar10": 50_000, "imagenet": 1_281_167,
                "synthetic-cifar10": 50_000, "synthetic-imagenet": 1_281_167}
 
 
-def time_train_steps(spec: dict, dataset: str, steps: int, warmup: int, device: str) -> dict:
-    """sec/batch of `spec`'s training step on random [0, 1] batches shaped like `dataset`."""
-    dev = select_device(device)
+def _path_spec(spec: dict, fast: bool, compile: bool | None = None) -> dict:
+    """`spec` with train.fast set (and train.compile where given): the two paths of one run."""
+    train = {**spec["train"], "fast": fast}
+    if not fast:
+        train["compile"] = None
+    elif compile is not None:
+        train["compile"] = compile
+    return {**spec, "train": train}
+
+
+#: Untimed steps a compiled path always gets: the compilation, and the recompile for a dynamic batch size (the
+#: remainder mini-batch of SmoothAdv's m-noise split).
+COMPILED_WARMUP = 2
+
+
+def _measure(spec: dict, dataset: str, steps: int, warmup: int, dev: torch.device) -> dict:
+    """sec/batch of `spec`'s training step, on the path its train.fast names, on one random [0, 1] batch shaped like
+    `dataset` (drawn before the model, from seed 0, so both paths see the same batch and initial weights)."""
     info = data.info(dataset)
-    method = get_method(spec["method"])
-    hp = method.Hparams(**spec["hparams"])
-    torch.manual_seed(0)
-    model = models.for_method(method, hp, spec["model"], dataset).to(dev).train()
-    optimizer = method_optimizer(method, model, hp, spec["train"])
-    step = getattr(method, "train_step", None) or (lambda *a: default_train_step(method, *a))
     batch = spec["train"]["batch_size"]
+    torch.manual_seed(0)
     x = torch.rand(batch, *info.shape, device=dev)
     y = torch.randint(0, info.num_classes, (batch,), device=dev)
-    epoch = 10**6  # past any warm-up: the attack runs at its full ε
-    for _ in range(warmup):
-        step(model, optimizer, x, y, hp, epoch)
-    synchronize(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step(model, optimizer, x, y, hp, epoch)
-    synchronize(dev)
-    sec_per_batch = (time.perf_counter() - t0) / steps
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    with fast_train.backend_flags(spec["train"].get("fast", False), dev):
+        torch._dynamo.reset()  # every compiled run starts from a fresh cache, not at another model's recompile limit
+        t = build_training(spec, dev, dataset)
+        t.step_model.train()
+        x = fast_train.prepare_input(x, t.path)
+        if t.path.compile:
+            warmup = max(warmup, COMPILED_WARMUP)
+        epoch = 10**6  # past any warm-up: the attack runs at its full ε
+        synchronize(dev)
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            t.step(t.step_model, t.optimizer, x, y, t.hp, epoch)
+        synchronize(dev)
+        t1 = time.perf_counter()
+        for _ in range(steps):
+            t.step(t.step_model, t.optimizer, x, y, t.hp, epoch)
+        synchronize(dev)
+        sec_per_batch = (time.perf_counter() - t1) / steps
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    return {"path": t.path, "sec_per_batch": sec_per_batch, "warmup_sec": t1 - t0, "peak_mem_mb": peak,
+            "optimizer": t.optimizer_impl}
+
+
+def time_train_steps(spec: dict, dataset: str, steps: int, warmup: int, device: str) -> dict:
+    """sec/batch of `spec`'s training step (on the path its train.fast names) on random [0, 1] batches shaped like
+    `dataset`."""
+    dev = select_device(device)
+    batch = spec["train"]["batch_size"]
+    sec_per_batch = _measure(spec, dataset, steps, warmup, dev)["sec_per_batch"]
     batches = math.ceil(TRAIN_SIZES[dataset] / batch)
     return {"run": spec["run"], "method": spec["method"], "batch_size": batch, "sec_per_batch": sec_per_batch,
             "images_per_sec": batch / sec_per_batch, "sec_per_epoch": sec_per_batch * batches,
@@ -66,3 +103,48 @@ def format_rows(rows: list[dict]) -> str:
     lines += [f"{r['run']:<34} {r['method']:<7} {r['batch_size']:>5} {r['sec_per_batch']:>9.4f} "
               f"{r['images_per_sec']:>9.1f} {r['sec_per_epoch']:>10.1f} {r['ratio_to_first']:>7.2f}" for r in rows]
     return "\n".join(lines + [f"device: {rows[0]['device']}"])
+
+
+#: The keys of compare_paths' rows, in order.
+COMPARE_COLUMNS = ("workload", "run", "method", "path", "device", "dtype", "compiled", "batch", "items_per_sec",
+                   "sec_per_batch", "sec_per_epoch", "speedup", "peak_mem_mb")
+
+
+def compare_paths(specs: list[dict], dataset: str, steps: int = 3, warmup: int = 1, device: str = "auto",
+                  compile: bool | None = None) -> list[dict]:
+    """Each spec's training step on the reference path and on the fast path, side by side in this process, on
+    random batches of `dataset`'s shape and the spec's batch size: two rows per spec (reference first), with
+    COMPARE_COLUMNS. `speedup` = the reference row's sec/batch over this row's (1.0 on the reference row);
+    sec_per_epoch = sec/batch × batches in an epoch of the real dataset; items_per_sec counts training images (not
+    noisy copies); peak_mem_mb is CUDA's max_memory_allocated over the path's model, optimizer and steps (None on
+    the CPU). `compile` overrides the specs' train.compile for the fast path (None: theirs, whose null means on
+    CUDA only). A compiled fast path always gets at least COMPILED_WARMUP untimed steps, so the timed steps measure
+    compiled code."""
+    dev = select_device(device)
+    name = device_name(dev)
+    rows = []
+    for spec in specs:
+        batch = spec["train"]["batch_size"]
+        batches = math.ceil(TRAIN_SIZES[dataset] / batch)
+        reference = _measure(_path_spec(spec, False), dataset, steps, warmup, dev)
+        fast = _measure(_path_spec(spec, True, compile), dataset, steps, warmup, dev)
+        for measured in (reference, fast):
+            path, sec = measured["path"], measured["sec_per_batch"]
+            rows.append({"workload": f"train:{dataset}:{spec['method']}", "run": spec["run"],
+                         "method": spec["method"], "path": path.name, "device": name, "dtype": path.dtype,
+                         "compiled": path.compile, "batch": batch, "items_per_sec": batch / sec,
+                         "sec_per_batch": sec, "sec_per_epoch": sec * batches,
+                         "speedup": reference["sec_per_batch"] / sec, "peak_mem_mb": measured["peak_mem_mb"]})
+    return rows
+
+
+def format_comparison(rows: list[dict]) -> str:
+    header = (f"{'run':<34} {'path':<9} {'dtype':<8} {'compiled':>8} {'batch':>5} {'s/batch':>9} {'img/s':>9} "
+              f"{'s/epoch':>10} {'speedup':>7} {'peak MB':>8}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        peak = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
+        lines.append(f"{r['run']:<34} {r['path']:<9} {r['dtype']:<8} {str(r['compiled']):>8} {r['batch']:>5} "
+                     f"{r['sec_per_batch']:>9.4f} {r['items_per_sec']:>9.1f} {r['sec_per_epoch']:>10.1f} "
+                     f"{r['speedup']:>7.2f} {peak:>8}")
+    return "\n".join(lines + [f"device: {rows[0]['device']}" if rows else "no runs"])

@@ -22,20 +22,20 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import data, distributed, models
+from . import data, device_data, distributed, fast_train, models
 from .checkpoint import save_model
 from .config import spec_json
 from .io import atomic_save, atomic_write_text, device_name, provenance, select_device, synchronize, write_json
 from .registry import StepResult, descend, get_method
 
 LOG_COLUMNS = ("epoch", "train_seconds", "loss", "accuracy", "lr", "eval_seconds", "test_loss", "test_accuracy",
-               "select_seconds", "select_accuracy")
+               "select_seconds", "select_accuracy", "path", "dtype", "compiled")
 STATE_FILE = Path("state") / "checkpoint.pt"
 
 
@@ -44,18 +44,27 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
+def build_optimizer(params, cfg: dict, **impl) -> torch.optim.Optimizer:
+    """The config's optimizer; `impl` (fused=True / foreach=True) picks torch's implementation (the fast path)."""
     if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
+                               **impl)
     return torch.optim.Adam(params, lr=cfg["lr"], betas=tuple(cfg["adam_betas"]), eps=cfg["adam_eps"],
-                            weight_decay=cfg["weight_decay"])
+                            weight_decay=cfg["weight_decay"], **impl)
 
 
-def method_optimizer(method, model, hp, cfg: dict) -> torch.optim.Optimizer:
+def method_optimizer(method, model, hp, cfg: dict, **impl) -> torch.optim.Optimizer:
     """The config's optimizer over the model's parameters, in the method's groups where it has its own."""
     if hasattr(method, "optimizer_params"):
-        return build_optimizer(method.optimizer_params(model, cfg["lr"], hp), cfg)
-    return build_optimizer(model.parameters(), cfg)
+        return build_optimizer(method.optimizer_params(model, cfg["lr"], hp), cfg, **impl)
+    return build_optimizer(model.parameters(), cfg, **impl)
+
+
+def path_optimizer(method, model, hp, cfg: dict, path: fast_train.FastPath) -> tuple[torch.optim.Optimizer, str]:
+    """(optimizer, implementation): torch's default on the reference path, fused (else foreach) on the fast path."""
+    if not path.fast:
+        return method_optimizer(method, model, hp, cfg), "default"
+    return fast_train.fast_optimizer(lambda **impl: method_optimizer(method, model, hp, cfg, **impl))
 
 
 def build_scheduler(optimizer, cfg: dict):
@@ -78,6 +87,32 @@ def build_scheduler(optimizer, cfg: dict):
 def default_train_step(method, model, optimizer, x, y, hp, epoch: float) -> StepResult:
     """One draw, one loss, one optimizer step: what every method does unless it defines its own train_step."""
     return descend(optimizer, method.objective(model, x, y, method.draw(x, hp), hp))
+
+
+class Training(NamedTuple):
+    """What one run trains with, on the path its spec asks for (the training loop, bench_train and tests share it)."""
+
+    model: torch.nn.Module  # the weights: checkpointed, evaluated, saved
+    step_model: torch.nn.Module  # what the train steps call: the model, or its fast-path forward (DDP wraps it later)
+    optimizer: torch.optim.Optimizer
+    optimizer_impl: str  # "default" (reference), "fused" or "foreach"
+    path: fast_train.FastPath
+    step: Callable  # step(step_model, optimizer, x, y, hp, epoch) -> StepResult
+    hp: object
+
+
+def build_training(spec: dict, device: torch.device, dataset: str | None = None) -> Training:
+    """The model (from torch's global RNG: seed it first), its path, optimizer and train step for `spec` on
+    `dataset` (default the spec's)."""
+    method = get_method(spec["method"])
+    hp = method.Hparams(**spec["hparams"])
+    dataset = dataset or spec["dataset"]
+    model = models.for_method(method, hp, spec["model"], dataset).to(device)
+    path = fast_train.plan(spec, model, device, dataset)  # the reference path unless train.fast
+    fast_train.prepare_model(model, path)
+    optimizer, optimizer_impl = path_optimizer(method, model, hp, spec["train"], path)
+    step = getattr(method, "train_step", None) or (lambda *a: default_train_step(method, *a))
+    return Training(model, fast_train.step_model(model, path, device), optimizer, optimizer_impl, path, step, hp)
 
 
 #: train settings that say when to checkpoint, not what is trained: changing them keeps a resume state valid.
@@ -191,12 +226,17 @@ def train(spec: dict, out_dir: str | Path, device: str = "auto", progress: bool 
     `train.checkpoint_every_minutes` minutes within one, and when SIGTERM or SIGUSR1 arrives (then the process exits
     with 128 + signal). A mid-epoch state holds the batch position, the running sums and the global RNG state; on
     resume the epoch's loader is rebuilt from its seed, the batches already done are skipped and the RNG restored,
-    so the run continues exactly where it stopped (bit-identical on CPU)."""
+    so the run continues exactly where it stopped (bit-identical on CPU).
+
+    `train.fast` trains on the fast path (methods/fast_train.py; run.json's `train_path` and the log's path, dtype
+    and compiled columns say which path trained the run); train_seconds is timed the same way on both paths: from
+    the first batch fetch to the last step, with the device synchronised at both ends."""
     with StopRequest() as stop:
         dev = select_device(device if device != "auto" else spec.get("device", "auto"))
         ctx, dev = distributed.setup(dev)
         try:
-            return _train(spec, out_dir, dev, progress and ctx.main, on_epoch_end, stop, ctx)
+            with fast_train.backend_flags(spec["train"].get("fast", False), dev):
+                return _train(spec, out_dir, dev, progress and ctx.main, on_epoch_end, stop, ctx)
         finally:
             distributed.teardown(ctx)
 
@@ -213,11 +253,12 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
     epochs = cfg["epochs"]
 
     torch.manual_seed(seed)
-    model = models.for_method(method, hp, spec["model"], spec["dataset"]).to(dev)
-    optimizer = method_optimizer(method, model, hp, cfg)
+    training = build_training(spec, dev)
+    model, optimizer, optimizer_impl, path, step = (training.model, training.optimizer, training.optimizer_impl,
+                                                    training.path, training.step)
     scheduler = build_scheduler(optimizer, cfg)
-    step = getattr(method, "train_step", None) or (lambda *a: default_train_step(method, *a))
-    step_model, hook = distributed.wrap(model, ctx, dev)  # DDP where torchrun started several processes
+    # the fast path's forward (channels_last, autocast, compiled), then DDP where torchrun started several processes
+    step_model, hook = distributed.wrap(training.step_model, ctx, dev)
 
     state_path = out_dir / STATE_FILE
     rows: list[dict] = []
@@ -243,7 +284,13 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
             print(f"the resume state in {state_path} is from another spec; moved it to {stale} and starting over",
                   flush=True)
 
-    train_set = data.load(spec["dataset"], "train", spec["data_root"], spec["download"], augment=cfg["augment"])
+    if path.device_data:  # every training image on the device once; crop/flip there
+        train_set = device_data.DeviceTrainSet.load(spec["dataset"], spec["data_root"], spec["download"],
+                                                    cfg["augment"], dev, channels_last=path.channels_last)
+    else:
+        train_set = data.load(spec["dataset"], "train", spec["data_root"], spec["download"], augment=cfg["augment"])
+    if path.fast and ctx.main:
+        print(f"{spec['run']} seed {seed}: {path.summary(optimizer_impl)}", flush=True)
     test_loader = None
     if cfg["eval_each_epoch"]:
         test_loader = DataLoader(data.load(spec["dataset"], "test", spec["data_root"], spec["download"]),
@@ -253,8 +300,8 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
         select_loader = DataLoader(selection_subset(spec["dataset"], select, spec), batch_size=cfg["batch_size"],
                                    num_workers=cfg["num_workers"])
     if ctx.main:
-        write_json(out_dir / "run.json", {"spec": spec, "provenance": provenance(dev),
-                                          "processes": ctx.world})
+        write_json(out_dir / "run.json", {"spec": spec, "provenance": provenance(dev), "processes": ctx.world,
+                                          "train_path": path.record(optimizer_impl)})
     distributed.barrier(ctx)  # nobody starts before a stale state was moved aside
 
     def save_state(mid_epoch: dict | None) -> None:
@@ -269,7 +316,9 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
         torch.manual_seed(epoch_seed(seed, epoch) + ctx.rank * RANK_SEED_STRIDE)
         order = torch.Generator().manual_seed(epoch_seed(seed, epoch))  # the same batch order on every rank
         global_sizes = None
-        if ctx.active:
+        if path.device_data:  # the same index order and batches as the DataLoader below, without the images
+            loader, global_sizes = train_set.index_loader(cfg["batch_size"], order, ctx)
+        elif ctx.active:
             sharded = distributed.ShardedBatches(torch.utils.data.RandomSampler(train_set, generator=order),
                                                  cfg["batch_size"], ctx)
             global_sizes = sharded.global_sizes()
@@ -289,7 +338,8 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
             mine = partial["ranks"][ctx.rank]
             start, seconds_before, count = partial["batches_done"], partial["train_seconds"], mine["count"]
             loss_sum, correct = mine["loss_sum"].to(dev), mine["correct"].to(dev)
-            for _ in range(start):  # replay the epoch's order (and its augmentation draws) up to where it stopped
+            # replay the epoch's order (the DataLoader path: and its augmentation draws) up to where it stopped
+            for _ in range(start):
                 next(batch_iter)
             _set_rng_state(mine["rng"], dev)
         partial = None
@@ -298,8 +348,11 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
         bar = tqdm(total=batches, initial=start, desc=f"{spec['run']} seed{seed} epoch {epoch + 1}/{epochs}",
                    leave=False, disable=not progress, file=sys.stderr)
         for i in range(start, batches):
-            x, y = next(batch_iter)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if path.device_data:
+                x, y = train_set.batch(next(batch_iter))
+            else:
+                x, y = next(batch_iter)
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if hook is not None:  # this rank's share of the batch mean
                 hook.weight = len(y) / global_sizes[i]
             result = step(step_model, optimizer, x, y, hp, epoch + i / batches)
@@ -337,7 +390,8 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
         if not math.isfinite(loss):
             raise FloatingPointError(f"{spec['run']} seed {seed}: training loss is {loss} in epoch {epoch + 1}")
         row = {"epoch": epoch + 1, "train_seconds": train_seconds, "loss": loss, "accuracy": accuracy, "lr": lr,
-               "eval_seconds": "", "test_loss": "", "test_accuracy": "", "select_seconds": "", "select_accuracy": ""}
+               "eval_seconds": "", "test_loss": "", "test_accuracy": "", "select_seconds": "", "select_accuracy": "",
+               **path.log_fields()}
         if test_loader is not None and ctx.main:
             t1 = time.perf_counter()
             row["test_loss"], row["test_accuracy"] = evaluate(method, model, test_loader, hp, dev)
