@@ -143,7 +143,7 @@ class _Slot:
         return None
 
 
-def _free_memory_batch(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, settings: FastSettings,
+def _free_memory_batch(shape: tuple[int, ...], device: torch.device,
                        forward: Callable[[torch.Tensor], torch.Tensor]) -> int:
     """Samples per forward pass that fit in half the free memory (CUDA: measured on a probe batch). On the CPU
     64 MB of input per pass (16,384 digits, 5,461 CIFAR-10, 111 ImageNet images), within [64, 16384]: larger passes
@@ -153,9 +153,11 @@ def _free_memory_batch(model: torch.nn.Module, shape: tuple[int, ...], device: t
     probe = 64
     x = torch.zeros((probe, *shape), device=device)
     torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    forward(x)
+    with torch.inference_mode():
+        forward(x)
     torch.cuda.synchronize(device)
     per_sample = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe)
     free, _ = torch.cuda.mem_get_info(device)
@@ -174,14 +176,15 @@ class FastSampler:
         if self.layout == torch.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.compiled = False
-        self._forward = self._build_forward(model)
-        max_batch = settings.max_batch or _free_memory_batch(model, self.shape, device, settings, self._forward)
+        self._forward, eager = self._build_forward(model)
+        max_batch = settings.max_batch or _free_memory_batch(self.shape, device, eager)  # eager: no extra compile
         # Slots × batch_size samples per round; each forward pass is `chunk` samples (a static shape).
         self.slots = max(1, max_batch // batch_size)
         self.chunk = min(max_batch, self.slots * batch_size)
         self.capacity = math.ceil(self.slots * batch_size / self.chunk) * self.chunk
 
-    def _build_forward(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _build_forward(self, model: torch.nn.Module):
+        """(the forward pass the sampler runs — compiled where asked —, its eager version)."""
         dtype, device = self.settings.dtype, self.device
 
         def predict(x: torch.Tensor) -> torch.Tensor:
@@ -189,7 +192,7 @@ class FastSampler:
                 return model(x).argmax(1)
 
         if not self.settings.compile:
-            return predict
+            return predict, predict
         mode = "reduce-overhead" if device.type == "cuda" else None  # CUDA graphs on the GPU
         compiled = torch.compile(predict, dynamic=False, mode=mode)
 
@@ -207,7 +210,7 @@ class FastSampler:
                     self.compiled = False
             return predict(x)
 
-        return guarded
+        return guarded, predict
 
     def describe(self) -> dict:
         return {"path": "fast", **self.settings.describe(), "compile": self.compiled,

@@ -37,7 +37,7 @@ def test_smoke_dag_leaves_figure_tables_and_summary(smoke_run):
                 "figures/digits/certified_accuracy.pdf", "figures/digits/linf_accuracy.png",
                 "figures/digits/linf_accuracy.pdf"):
         assert (smoke_run / rel).stat().st_size > 0, rel
-    for table in ("certified_accuracy", "timing", "envelope", "linf_accuracy"):
+    for table in ("certified_accuracy", "timing", "envelope", "linf_accuracy", "certification_cost"):
         for ext in ("md", "tex", "csv"):
             assert (smoke_run / f"results/digits/tables/{table}.{ext}").stat().st_size > 0
     for run in SMOKE_RUNS:
@@ -50,12 +50,28 @@ def test_smoke_dag_leaves_figure_tables_and_summary(smoke_run):
 
 
 @pytest.mark.slow
+def test_smoke_certifies_on_the_fast_path_and_adaptive_uses_fewer_samples(smoke_run):
+    """Every smoothing row says it came from the fast path; the adaptive certifier decides the report radii with a
+    fraction of CERTIFY's draws and (on these 100 images) nearly its accuracy."""
+    rows = pd.read_csv(smoke_run / "results/digits/summary.csv")
+    smoothing = rows[rows["norm"] == "l2"]
+    assert set(smoothing["certify_path"]) == {"fast"}
+    assert set(smoothing["certify_dtype"]) <= {"float32", "bfloat16"}
+    cost = pd.read_csv(smoke_run / "results/digits/tables/certification_cost.csv")
+    adaptive = cost[(cost["run"] == "cohen-0.25") & (cost["certifier"] == "adaptive")].iloc[0]
+    cohen = cost[(cost["run"] == "cohen-0.25") & (cost["certifier"] == "cohen")].iloc[0]
+    assert cohen["samples_per_example"] == 100 + 10_000
+    assert adaptive["samples_vs_cohen"] < 0.5
+    assert adaptive["max_acc_gap_vs_cohen"] <= 0.05
+
+
+@pytest.mark.slow
 def test_smoke_models_are_accurate_and_robust_as_in_the_papers(smoke_run):
     """Clean accuracy well above chance, positive ACR, and accuracy at radius 0 falling from σ = 0.25 to 0.5."""
     rows = pd.read_csv(smoke_run / "results/digits/summary.csv")
     last = rows[rows["checkpoint"] == "last"]
     certifiers = last.groupby("run")["certifier"].apply(lambda c: ",".join(sorted(c))).to_dict()
-    assert certifiers == {run: "cohen" for run in SMOKE_RUNS} | {"cohen-0.25": "cohen,t-certify",
+    assert certifiers == {run: "cohen" for run in SMOKE_RUNS} | {"cohen-0.25": "adaptive,cohen,t-certify",
                                                                  "feng-0.25": "cohen,t-certify"} | LINF_RUNS
     assert set(rows["method"]) == {"cohen", "salman", "macer", "feng", "linf_dist", "backward_smoothing"}
     summary = rows[rows["certifier"] == "cohen"].set_index("run")
@@ -75,7 +91,8 @@ def test_rerun_has_nothing_to_do_and_a_config_change_reruns_only_what_it_touches
     changed.write_text((smoke_run / "config.yaml").read_text().replace("n: 10000", "n: 5000"))
     out = snakemake(smoke_run, "-n", "--quiet", "rules", "--configfile", str(changed))
     jobs = dict(parts for parts in map(str.split, out.stdout.splitlines()) if len(parts) == 2 and parts[1].isdigit())
-    assert "train" not in jobs and jobs["certify"] == str(len(SMOKE_RUNS) + 2), out.stdout  # ℓ∞ ones use no n
+    # every smoothing certification (cohen per run, 2 t-certify, 1 adaptive) reads n; the ℓ∞ ones do not
+    assert "train" not in jobs and jobs["certify"] == str(len(SMOKE_RUNS) + 3), out.stdout
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml")))

@@ -7,7 +7,7 @@ rule bench:
         csv="bench/bench.csv",
         md="bench/bench.md",
     params:
-        mode="--" + config["bench"]["mode"],
+        mode=f"--{config['bench']['mode']}",
         device=config["bench"]["device"],
     log:
         "logs/bench.log",
