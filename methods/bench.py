@@ -336,9 +336,7 @@ def bench(quick: bool = True, device: str = "auto", out: str | Path = "bench", o
     parts = only or ["certify", "train", "linf", "adaptive"]
     rows: list[dict] = []
     if "certify" in parts:
-        # the digits CNN as the smoke config certifies it: on a CPU compiling it costs more than it saves
-        rows += certify_rows("digits CNN", "small_cnn", "digits", dev, budget, "certify:digits:cohen",
-                             compile_=dev.type == "cuda")
+        rows += certify_rows("digits CNN", "small_cnn", "digits", dev, budget, "certify:digits:cohen")
         rows += certify_rows("ResNet-20, CIFAR-10 shape", "cifar_resnet20", "cifar10", dev, budget, None)
         if not quick:
             rows += certify_rows("ResNet-110, CIFAR-10 shape", "cifar_resnet110", "cifar10", dev, budget,
