@@ -67,6 +67,17 @@ def test_measured_rates_come_first_and_the_fast_path_wins():
     assert jobs.loc["certify", "seconds_per_unit"] == pytest.approx(2.0)
 
 
+def test_adaptive_is_bounded_by_certify_and_t_certify_costs_as_much():
+    cfg = _config("cifar10", {"cohen": {"method": "cohen", "hparams": {"sigma": 0.25},
+                                        "certify": {"certifiers": ["cohen", "t-certify", "adaptive"]}}})
+    bench = pd.DataFrame({"workload": ["certify:cifar10:cohen"], "path": ["fast"], "sec_per_epoch": [math.nan],
+                          "sec_per_image": [3.0]})
+    for table, seconds in ((None, 15.0), (bench, 3.0)):
+        jobs = plan(cfg, load_published(), table).set_index(["job", "certifier"]).loc["certify"]
+        assert (jobs["seconds_per_unit"] == pytest.approx(seconds)).all()
+        assert "upper bound" in jobs.loc["adaptive", "source"] and "upper bound" not in jobs.loc["t-certify", "source"]
+
+
 def test_cli_plans_the_cifar10_paper_config(tmp_path):
     out = subprocess.run([sys.executable, "-m", "methods", "plan", "--configfile",
                           str(REPO / "config" / "cifar10.yaml"), "--out", str(tmp_path / "plan.csv")],
