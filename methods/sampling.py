@@ -255,7 +255,9 @@ class FastSampler:
                 torch.add(slot.x, noise.mul_(self.sigma), out=buffer[offset:offset + size])
                 sizes.append(size)
                 offset += size
-            predictions = torch.cat([self._forward(buffer[i:i + self.chunk]) for i in range(0, offset, self.chunk)])
+            # each pass's output copied at once: under CUDA graphs the next replay reuses its buffer
+            predictions = torch.cat([self._forward(buffer[i:i + self.chunk]).clone()
+                                     for i in range(0, offset, self.chunk)])
             owner = torch.repeat_interleave(torch.tensor(active), torch.tensor(sizes)).to(dev, non_blocking=True)
             counts.view(-1).add_(torch.bincount(owner * classes + predictions[:offset], minlength=counts.numel()))
             finished = []
