@@ -4,7 +4,8 @@
         --run cohen-0.25 --run salman-pgd10-m8-eps1.00-0.25 --run macer-0.25 --run feng-0.25 --steps 5
 
 Each run's own train_step (attack, k noisy copies, mini-batches) is timed on random batches of the run's batch size
-after `warmup` untimed steps, with the device synchronised around the timed region. sec/epoch = sec/batch ×
+after `warmup` untimed steps, one step at a time with the device synchronised around it; sec/batch is the median
+over the timed steps (robust to a shared machine's busy moments). sec/epoch = sec/batch ×
 batches per epoch of the real dataset (50,000 CIFAR-10 images, 1,281,167 ImageNet). The first run is the baseline
 of the ratio column, measured in the same process, so the ratios hold on a shared, noisy machine.
 
@@ -16,6 +17,7 @@ path's on-device crop/flip is not in its number, nor the reference path's DataLo
 from __future__ import annotations
 
 import math
+import statistics
 import time
 
 import torch
@@ -44,46 +46,72 @@ def _path_spec(spec: dict, fast: bool, compile: bool | None = None) -> dict:
 COMPILED_WARMUP = 2
 
 
-def _measure(spec: dict, dataset: str, steps: int, warmup: int, dev: torch.device) -> dict:
-    """sec/batch of `spec`'s training step, on the path its train.fast names, on one random [0, 1] batch shaped like
-    `dataset` (drawn before the model, from seed 0, so both paths see the same batch and initial weights)."""
-    info = data.info(dataset)
-    batch = spec["train"]["batch_size"]
-    torch.manual_seed(0)
-    x = torch.rand(batch, *info.shape, device=dev)
-    y = torch.randint(0, info.num_classes, (batch,), device=dev)
+class _Timed:
+    """One path of one run on one random [0, 1] batch shaped like `dataset` (drawn from seed 0 before the model, so
+    both paths see the same batch and the same initial weights): built, warmed up, then timed a step at a time.
+
+    peak_mem_mb: on CUDA, the most memory the path itself held during its build and untimed steps (CUDA's
+    max_memory_allocated minus what was allocated before: another path alive beside it is not counted); the CPU
+    always runs the untimed steps it is given, a GPU at least one, so that the peak includes a step."""
+
+    def __init__(self, spec: dict, dataset: str, warmup: int, dev: torch.device):
+        info = data.info(dataset)
+        batch = spec["train"]["batch_size"]
+        self.dev, self.fast = dev, spec["train"].get("fast", False)
+        torch.manual_seed(0)
+        x = torch.rand(batch, *info.shape, device=dev)
+        self.y = torch.randint(0, info.num_classes, (batch,), device=dev)
+        if dev.type == "cuda":
+            synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            before = torch.cuda.memory_allocated(dev)
+        with fast_train.backend_flags(self.fast, dev):
+            if self.fast:
+                torch._dynamo.reset()  # a fresh compile cache, not at another model's recompile limit
+            self.t = build_training(spec, dev, dataset)
+            self.t.step_model.train()
+            self.x = fast_train.prepare_input(x, self.t.path)
+            del x
+            warmup = max(warmup, COMPILED_WARMUP if self.t.path.compile else 0, 1 if dev.type == "cuda" else 0)
+            synchronize(dev)
+            t0 = time.perf_counter()
+            for _ in range(warmup):
+                self._step()
+            synchronize(dev)
+            self.warmup_sec = time.perf_counter() - t0
+        self.peak_mem_mb = (torch.cuda.max_memory_allocated(dev) - before) / 2**20 if dev.type == "cuda" else None
+
+    def _step(self):
+        t = self.t
+        t.step(t.step_model, t.optimizer, self.x, self.y, t.hp, 10**6)  # epoch: past any warm-up, full attack ε
+
+    def time_step(self) -> float:
+        """Seconds of one step, the device synchronised before and after."""
+        with fast_train.backend_flags(self.fast, self.dev):
+            synchronize(self.dev)
+            t0 = time.perf_counter()
+            self._step()
+            synchronize(self.dev)
+            return time.perf_counter() - t0
+
+
+def _release(dev: torch.device) -> None:
+    import gc
+
+    gc.collect()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(dev)
-    with fast_train.backend_flags(spec["train"].get("fast", False), dev):
-        torch._dynamo.reset()  # every compiled run starts from a fresh cache, not at another model's recompile limit
-        t = build_training(spec, dev, dataset)
-        t.step_model.train()
-        x = fast_train.prepare_input(x, t.path)
-        if t.path.compile:
-            warmup = max(warmup, COMPILED_WARMUP)
-        epoch = 10**6  # past any warm-up: the attack runs at its full ε
-        synchronize(dev)
-        t0 = time.perf_counter()
-        for _ in range(warmup):
-            t.step(t.step_model, t.optimizer, x, y, t.hp, epoch)
-        synchronize(dev)
-        t1 = time.perf_counter()
-        for _ in range(steps):
-            t.step(t.step_model, t.optimizer, x, y, t.hp, epoch)
-        synchronize(dev)
-        sec_per_batch = (time.perf_counter() - t1) / steps
-    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
-    return {"path": t.path, "sec_per_batch": sec_per_batch, "warmup_sec": t1 - t0, "peak_mem_mb": peak,
-            "optimizer": t.optimizer_impl}
 
 
 def time_train_steps(spec: dict, dataset: str, steps: int, warmup: int, device: str) -> dict:
-    """sec/batch of `spec`'s training step (on the path its train.fast names) on random [0, 1] batches shaped like
-    `dataset`."""
+    """sec/batch (the median over `steps` timed steps) of `spec`'s training step, on the path its train.fast names,
+    on random [0, 1] batches shaped like `dataset`."""
     dev = select_device(device)
     batch = spec["train"]["batch_size"]
-    sec_per_batch = _measure(spec, dataset, steps, warmup, dev)["sec_per_batch"]
+    timed = _Timed(spec, dataset, warmup, dev)
+    sec_per_batch = statistics.median(timed.time_step() for _ in range(steps))
+    del timed
+    _release(dev)
     batches = math.ceil(TRAIN_SIZES[dataset] / batch)
     return {"run": spec["run"], "method": spec["method"], "batch_size": batch, "sec_per_batch": sec_per_batch,
             "images_per_sec": batch / sec_per_batch, "sec_per_epoch": sec_per_batch * batches,
@@ -114,27 +142,34 @@ def compare_paths(specs: list[dict], dataset: str, steps: int = 3, warmup: int =
                   compile: bool | None = None) -> list[dict]:
     """Each spec's training step on the reference path and on the fast path, side by side in this process, on
     random batches of `dataset`'s shape and the spec's batch size: two rows per spec (reference first), with
-    COMPARE_COLUMNS. `speedup` = the reference row's sec/batch over this row's (1.0 on the reference row);
-    sec_per_epoch = sec/batch × batches in an epoch of the real dataset; items_per_sec counts training images (not
-    noisy copies); peak_mem_mb is CUDA's max_memory_allocated over the path's model, optimizer and steps (None on
-    the CPU). `compile` overrides the specs' train.compile for the fast path (None: theirs, whose null means on
-    CUDA only). A compiled fast path always gets at least COMPILED_WARMUP untimed steps, so the timed steps measure
-    compiled code."""
+    COMPARE_COLUMNS. Both paths are built and warmed up (`warmup` untimed steps each; a compiled path at least
+    COMPILED_WARMUP, so that the timed steps run compiled code), then their `steps` timed steps alternate;
+    sec_per_batch is the median. speedup = the reference row's sec/batch over this row's (1.0 on the reference
+    row); sec_per_epoch = sec/batch × batches in an epoch of the real dataset; items_per_sec counts training images
+    (not noisy copies); peak_mem_mb is what the path held at most on CUDA (see _Timed), None on the CPU.
+    `compile` overrides the specs' train.compile for the fast path (None: theirs, whose null means on CUDA only)."""
     dev = select_device(device)
     name = device_name(dev)
     rows = []
     for spec in specs:
         batch = spec["train"]["batch_size"]
         batches = math.ceil(TRAIN_SIZES[dataset] / batch)
-        reference = _measure(_path_spec(spec, False), dataset, steps, warmup, dev)
-        fast = _measure(_path_spec(spec, True, compile), dataset, steps, warmup, dev)
-        for measured in (reference, fast):
-            path, sec = measured["path"], measured["sec_per_batch"]
+        paths = [_Timed(_path_spec(spec, False), dataset, warmup, dev),
+                 _Timed(_path_spec(spec, True, compile), dataset, warmup, dev)]
+        seconds: list[list[float]] = [[], []]
+        for _ in range(steps):  # alternating, so that a busy moment of a shared machine hits both paths alike
+            for timed, times in zip(paths, seconds):
+                times.append(timed.time_step())
+        reference = statistics.median(seconds[0])
+        for timed, times in zip(paths, seconds):
+            path, sec = timed.t.path, statistics.median(times)
             rows.append({"workload": f"train:{dataset}:{spec['method']}", "run": spec["run"],
                          "method": spec["method"], "path": path.name, "device": name, "dtype": path.dtype,
                          "compiled": path.compile, "batch": batch, "items_per_sec": batch / sec,
-                         "sec_per_batch": sec, "sec_per_epoch": sec * batches,
-                         "speedup": reference["sec_per_batch"] / sec, "peak_mem_mb": measured["peak_mem_mb"]})
+                         "sec_per_batch": sec, "sec_per_epoch": sec * batches, "speedup": reference / sec,
+                         "peak_mem_mb": timed.peak_mem_mb})
+        del paths
+        _release(dev)
     return rows
 
 

@@ -6,9 +6,9 @@ What the fast path changes, and where (`plan` decides per run, `FastPath.record`
   come back as float32, so every loss, the soft smoothed classifier, MACER's Φ⁻¹ and the attacks' updates stay
   fp32. Not on the CPU, nor on GPUs without native bf16 (P100, V100: fp32 there; fp16 would need loss scaling);
 - channels_last weights and inputs for conv nets (the ℓ∞-dist nets are MLPs);
-- torch.compile of that forward (`train.compile`: null = on CUDA only — on a CPU inductor spends tens of seconds
-  per graph and measured no faster than eager for these conv nets, see methods/bench_train.compare_paths; true =
-  everywhere; false = off). Each attack step of SmoothAdv, ADRE-ADV and backward smoothing runs its forward and its
+- torch.compile of that forward (`train.compile`: null = on CUDA only — on a 2-core CPU inductor took minutes to
+  compile a ResNet-110 step and ran it no faster than the eager fast path, see methods/bench_train.compare_paths;
+  true = everywhere; false = off). Each attack step of SmoothAdv, ADRE-ADV and backward smoothing runs its forward and its
   input-gradient backward through the compiled model; the attack loop itself stays eager, because
   torch.autograd.grad breaks the graph (torch 2.15 traces it only behind an experimental dynamo flag) and PGD's
   zero-gradient fallback and DDN's masked updates are data-dependent branches;
