@@ -205,6 +205,9 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
         raise ConfigError(f"config error at {where}.certify.t_certify_split: the fractions of alpha must sum to 1, "
                           f"got {cert['t_certify_split']}")
     train = spec["train"]
+    from .fast_train import check as check_fast_train
+
+    check_fast_train(train, f"{where}.train")
     if train["schedule"] == "multistep" and not train["milestones"]:
         raise ConfigError(f"config error at {where}.train.milestones: the multistep schedule needs milestones")
     if train["milestones"] != sorted(train["milestones"]):
