@@ -264,10 +264,11 @@ def empirical_radius(model, x: torch.Tensor, y: torch.Tensor, eps_grid: Sequence
 
 
 def empirical_rows(idx, label, predict, radius, seconds) -> list[dict]:
-    """Per-example rows with methods/certify.py's TSV columns `idx label predict radius correct time`:
-    predict = the clean prediction, correct = int(predict == label), radius = the empirical radius (forced to 0 where
-    the prediction is wrong, as certify does), time = seconds per example (a float for the whole batch is spread
-    evenly: attacks run batched). Pure: tensors or sequences in, plain Python values out; writes nothing."""
+    """Per-example rows with methods/certify.py's TSV columns `idx label predict radius correct time path dtype
+    samples`: predict = the clean prediction, correct = int(predict == label), radius = the empirical radius (forced
+    to 0 where the prediction is wrong, as certify does), time = seconds per example (a float for the whole batch is
+    spread evenly: attacks run batched), path "batch", dtype "float32", samples 0 (no noise is drawn). Pure: tensors
+    or sequences in, plain Python values out; writes nothing."""
     def as_list(v):
         return v.tolist() if isinstance(v, torch.Tensor) else list(v)
 
@@ -280,7 +281,8 @@ def empirical_rows(idx, label, predict, radius, seconds) -> list[dict]:
     rows = []
     for i, lab, pred, rad, sec in zip(idx, label, predict, radius, seconds):
         correct = int(int(pred) == int(lab))
-        values = (int(i), int(lab), int(pred), float(rad) if correct else 0.0, correct, float(sec))
+        values = (int(i), int(lab), int(pred), float(rad) if correct else 0.0, correct, float(sec), "batch",
+                  "float32", 0)
         rows.append(dict(zip(TSV_COLUMNS, values)))
     return rows
 

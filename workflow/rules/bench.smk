@@ -11,7 +11,7 @@ rule bench:
         device=config["bench"]["device"],
     log:
         "logs/bench.log",
-    threads: workflow.cores
+    threads: mc.run_resource(config, None, "certify", "threads")
     resources:
         runtime=60,
         gpu=0 if config["bench"]["device"] == "cpu" else (mc.run_resource(config, None, "certify", "gpu") or 0),
