@@ -52,7 +52,8 @@ def test_smoke_dag_leaves_figure_tables_and_summary(smoke_run):
 @pytest.mark.slow
 def test_smoke_certifies_on_the_fast_path_and_adaptive_uses_fewer_samples(smoke_run):
     """Every smoothing row says it came from the fast path; the adaptive certifier decides the report radii with a
-    fraction of CERTIFY's draws and (on these 100 images) nearly its accuracy."""
+    fraction of CERTIFY's draws and, away from the cliff (n = 10,000 here: CERTIFY's 3.2σ = 0.8, where adaptive's
+    α/J costs most), nearly its accuracy on these 100 images."""
     rows = pd.read_csv(smoke_run / "results/digits/summary.csv")
     smoothing = rows[rows["norm"] == "l2"]
     assert set(smoothing["certify_path"]) == {"fast"}
@@ -62,7 +63,8 @@ def test_smoke_certifies_on_the_fast_path_and_adaptive_uses_fewer_samples(smoke_
     cohen = cost[(cost["run"] == "cohen-0.25") & (cost["certifier"] == "cohen")].iloc[0]
     assert cohen["samples_per_example"] == 100 + 10_000
     assert adaptive["samples_vs_cohen"] < 0.5
-    assert adaptive["max_acc_gap_vs_cohen"] <= 0.05
+    assert all(abs(adaptive[r] - cohen[r]) <= 0.03 for r in ("0.00", "0.25", "0.50"))
+    assert adaptive["max_acc_gap_vs_cohen"] <= 0.1
 
 
 @pytest.mark.slow
