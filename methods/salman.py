@@ -180,18 +180,37 @@ def objective(model, x, y, noise, hp: Hparams) -> StepResult:
     return StepResult(noisy_cross_entropy(logits, y), (logits.argmax(-1) == y[:, None]).sum(), logits.shape[:2].numel())
 
 
+def minibatches(x: torch.Tensor, y: torch.Tensor, num_noise: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader batch's mini-batches, one optimizer step each. One process: ⌊B/m⌋ images each plus a remainder
+    mini-batch, so no image is dropped (METHODS.md §2: the reference crashes on a remainder). Under DDP every rank
+    must take the same number of steps (each ends in an all-reduce), though the ranks' slices of a batch may differ
+    by one image: the count is the one the whole global batch would have, at most the smallest slice, and each rank
+    cuts its slice into that many near-equal pieces."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        size = max(1, len(x) // num_noise)
+        return list(zip(x.split(size), y.split(size)))
+    total = torch.tensor([len(x)], device=x.device)
+    smallest = total.clone()
+    dist.all_reduce(total)
+    dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+    whole = int(total)
+    count = min(math.ceil(whole / max(1, whole // num_noise)), int(smallest))
+    return list(zip(x.tensor_split(count), y.tensor_split(count)))
+
+
 def adversarial_train_step(model, optimizer, x, y, hp, epoch: float, objective, num_noise: int) -> StepResult:
     """SmoothAdv's training procedure around any objective(model, x̂, y, noise, hp).
 
     With m = num_noise > 1 the loader batch is split into mini-batches of ⌊B/m⌋ images (plus a remainder
-    mini-batch, so no image is dropped), each attacked with its own m draws and followed by one optimizer step on
-    its B-ish noisy copies; with m = 1 the whole batch is one mini-batch. `hp` needs the fields sigma, attack,
-    steps, epsilon and warmup.
+    mini-batch, so no image is dropped; see `minibatches` for DDP), each attacked with its own m draws and followed
+    by one optimizer step on its B-ish noisy copies; with m = 1 the whole batch is one mini-batch. `hp` needs the
+    fields sigma, attack, steps, epsilon and warmup.
     """
     epsilon = warmed_up_epsilon(hp.epsilon, hp.warmup, epoch)
-    size = max(1, len(x) // num_noise)
     loss_sum, correct, count = x.new_zeros(()), 0, 0
-    for xs, ys in zip(x.split(size), y.split(size)):
+    for xs, ys in minibatches(x, y, num_noise):
         noise = gaussian_copies(xs, num_noise, hp.sigma)
         x_adv = attack(model, xs, ys, noise, epsilon, hp)
         result = descend(optimizer, objective(model, x_adv, ys, noise, hp))

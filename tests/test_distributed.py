@@ -1,7 +1,9 @@
 """Data-parallel training: batch sharding, and 2 gloo processes training the same model as 1 process."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +58,41 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-3, atol=1e-3)
     assert torch.load(tmp_path / "two" / "model.pt", weights_only=True)["info"]["epochs_done"] == 2
+
+
+@pytest.mark.slow
+def test_multi_noise_smoothadv_takes_the_same_steps_on_every_rank(tmp_path):
+    """SmoothAdv with m = 2 steps once per mini-batch; the last batch of 17 digits splits 9 / 8 across 2 ranks, which
+    one process would cut into 3 and 2 mini-batches — a rank waiting forever in the next all-reduce. Every rank now
+    takes the global batch's count of steps: the run finishes (it hung before) and logs its epoch."""
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    raw = tiny_config(epochs=1, batch_size=64, lr=0.05, schedule="constant")
+    raw["runs"] = {"adv": {"method": "salman", "hparams": {"sigma": 0.25, "attack": "pgd", "steps": 1,
+                                                           "num_noise": 2, "epsilon": 0.25, "warmup": 1}}}
+    spec = mc.resolve_run(mc.validate(raw), "adv", 0)
+    args = ["-m", "methods", "train", "--spec", mc.spec_json(spec), "--device", "cpu", "--threads", "1",
+            "--no-progress", "--out", str(tmp_path / "two")]
+    proc = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node=2", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+        proc.communicate()
+        pytest.fail("2-process multi-noise SmoothAdv hung (the ranks took different numbers of optimizer steps)")
+    assert proc.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    log = pd.read_csv(tmp_path / "two" / "train_log.tsv", sep="\t")
+    assert len(log) == 1 and log["loss"].notna().all()
+
+
+def test_minibatches_of_one_process_follow_the_paper_and_keep_the_remainder():
+    from methods.salman import minibatches
+
+    x, y = torch.arange(17.0), torch.arange(17)
+    pieces = minibatches(x, y, 2)
+    assert [len(a) for a, _ in pieces] == [8, 8, 1]  # ⌊17/2⌋ = 8, and the remainder image
+    assert torch.equal(torch.cat([a for a, _ in pieces]), x)
+    assert [len(a) for a, _ in minibatches(x, y, 1)] == [17]
 
 
 def test_the_train_rule_launches_torchrun_for_several_processes(tmp_path):
