@@ -23,7 +23,6 @@ Timings on a shared machine are noisy: compare the speedup column (both paths me
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -182,9 +181,10 @@ def protocol_row(dev: torch.device, images: int = 500) -> dict:
         for i in range(images)))
     synchronize(dev)
     seconds = time.perf_counter() - t0
+    described = sampler.describe()
     return dict(workload="protocol:cifar10:cohen", model=f"ResNet-110 CIFAR-10, {done} images, n=100,000",
                 path="fast", device=dev.type, device_name=device_name(dev), batch=sampler.chunk,
-                dtype=sampler.describe()["dtype"], compiled=sampler.describe()["compile"],
+                dtype=described["dtype"], compiled=described["compile"],
                 items_per_sec=done * N_PROTOCOL / seconds, sec_per_image=seconds / done, setup_seconds=setup,
                 note=f"the whole {done}-image protocol: {seconds:.1f} s")
 
@@ -251,19 +251,19 @@ def linf_rows(quick: bool, dev: torch.device) -> list[dict]:
                                                           "; Triton path needs CUDA")))
     net_batch = 8 if quick else 512
     hp = linf_dist.Hparams()  # the v2 CIFAR-10 net
-    for path in (["reference", "fast"] if dev.type == "cuda" else ["reference"]):
-        linf_dist.USE_TRITON = path == "fast"
-        try:
-            seconds = _net_seconds(hp, net_batch, dev)
-        finally:
-            linf_dist.USE_TRITON = os.environ.get("METHODS_LINF_TRITON", "1") != "0"
-        rows.append(dict(workload="linf-net:cifar10", model=f"l-inf-dist net depth {hp.depth}, width {hp.width}, batch {net_batch}",
+    seconds, previous = {}, linf_dist.USE_TRITON
+    try:
+        for path in (["reference", "fast"] if dev.type == "cuda" else ["reference"]):
+            linf_dist.USE_TRITON = path == "fast"
+            seconds[path] = _net_seconds(hp, net_batch, dev)
+    finally:
+        linf_dist.USE_TRITON = previous
+    for path, sec in seconds.items():
+        rows.append(dict(workload="linf-net:cifar10",
+                         model=f"l-inf-dist net depth {hp.depth}, width {hp.width}, batch {net_batch}",
                          path=path, device=dev.type, device_name=name, batch=net_batch, dtype="float32",
-                         items_per_sec=net_batch / seconds, sec_per_epoch=seconds * math.ceil(50_000 / net_batch),
-                         note="forward + backward at p = 8"))
-    net = [r for r in rows if r["workload"] == "linf-net:cifar10"]
-    for r in net:
-        r["speedup"] = r["items_per_sec"] / net[0]["items_per_sec"]
+                         items_per_sec=net_batch / sec, sec_per_epoch=sec * math.ceil(50_000 / net_batch),
+                         speedup=seconds["reference"] / sec, note="forward + backward at p = 8"))
     return rows
 
 

@@ -328,6 +328,8 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
                                          disable=not progress, file=sys.stderr) as bar:
         if norm == "l2":
             run, describe = smoothing_sampler(model, info["num_classes"], test_set[0][0].shape, cfg, dev)
+            described = describe()  # path and dtype are fixed for the run (only compilation may change)
+            path, dtype = described["path"], described["dtype"]
             labels = {}
 
             def items():  # loaded lazily: the fast path holds only the images in flight
@@ -336,9 +338,9 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
                     yield idx, x.to(dev), example_generator(spec["seed"], idx, dev), smoothing_plan(certifier, cfg)
 
             for idx, outcome in run(items()):
-                (prediction, radius), path = outcome.result, describe()
-                write(fh, idx, int(labels.pop(idx)), prediction, radius, outcome.seconds, path["path"],
-                      path["dtype"], outcome.samples)
+                prediction, radius = outcome.result
+                write(fh, idx, int(labels.pop(idx)), prediction, radius, outcome.seconds, path, dtype,
+                      outcome.samples)
                 fh.flush()
                 bar.update(1)
             path_info = describe()

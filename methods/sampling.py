@@ -22,7 +22,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -125,21 +125,20 @@ class _Slot:
     generator: torch.Generator | None
     plan: Plan
     remaining: int = 0  # samples still owed to the current request
-    request: int = 0
     used: int = 0
     seconds: float = 0.0
-    done: bool = field(default=False)
+    done: bool = False
 
     def advance(self, counts: torch.Tensor | None) -> Any:
         """Start the plan (counts None) or send it the finished request's counts; returns its answer when done."""
         try:
-            self.request = next(self.plan) if counts is None else self.plan.send(counts)
+            request = next(self.plan) if counts is None else self.plan.send(counts)
         except StopIteration as stop:
             self.done = True
             return stop.value
-        if self.request <= 0:
-            raise ValueError(f"a sampling plan asked for {self.request} samples")
-        self.remaining = self.request
+        if request <= 0:
+            raise ValueError(f"a sampling plan asked for {request} samples")
+        self.remaining = request
         return None
 
 
