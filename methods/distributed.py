@@ -6,7 +6,8 @@ global batch B train the same model as one process on B:
 - every rank walks the same global batch order (the epoch's seeded sampler) and takes its contiguous slice of each
   batch (`ShardedBatches`; a final batch smaller than N is skipped by every rank, so no rank idles in a collective);
 - gradients are averaged with weights n_rank / n_batch (`weighted_allreduce_hook`), so an uneven last batch still
-  gives the gradient of the mean over the whole batch;
+  gives the gradient of the mean over the whole batch (a step that takes several optimizer steps per batch sets
+  each one's weights with `gradient_share`);
 - losses, counts and accuracies are summed across ranks for the log; only rank 0 writes files.
 Exactly equal (up to float summation order) for deterministic single-step objectives; noise draws differ (each rank
 draws for its own slice, seeded per rank), as do BatchNorm batch statistics (per rank, as usual with DDP).
@@ -116,7 +117,38 @@ def wrap(model: torch.nn.Module, ctx: Context, device: torch.device) -> tuple[to
     ddp = Wrapped(model, device_ids=[device.index] if device.type == "cuda" else None)
     state = HookState()
     ddp.register_comm_hook(state, weighted_allreduce_hook)
+    ddp.hook_state = state  # for `gradient_share`: a step that takes several optimizer steps per batch
     return ddp, state
+
+
+@contextlib.contextmanager
+def gradient_share(model, share: float):
+    """Within: this rank's gradient enters the weighted all-reduce with `share` (its images' share of the current
+    optimizer step's global mean) instead of the loader batch's n_rank / n_batch. For steps that cut the batch into
+    several optimizer steps (multi-noise SmoothAdv); nothing where the model is not DDP-wrapped."""
+    state = model.__dict__.get("hook_state") if isinstance(model, DistributedDataParallel) else None
+    if state is None:
+        yield
+        return
+    before, state.weight = state.weight, share
+    try:
+        yield
+    finally:
+        state.weight = before
+
+
+def rank_sizes(n: int, device: torch.device) -> list[int]:
+    """Every rank's n, in rank order (one all-gather); [n] where no process group is running."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [n]
+    out = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, torch.tensor([n], dtype=torch.long, device=device))
+    return [int(t) for t in out]
+
+
+def near_equal(n: int, parts: int) -> list[int]:
+    """The sizes `torch.tensor_split(·, parts)` cuts n items into: the first n mod parts one larger."""
+    return [n // parts + (1 if j < n % parts else 0) for j in range(parts)]
 
 
 def no_sync(model):

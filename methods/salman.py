@@ -17,7 +17,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
+from . import distributed
 from .noise import gaussian_copies, noisy_cross_entropy, noisy_logits, soft_smoothed
 from .registry import StepResult, descend, require_choice, require_positive
 
@@ -63,15 +65,13 @@ def soft_smoothed_nll(model, x, y, noise) -> torch.Tensor:
 @contextlib.contextmanager
 def frozen_eval(model: torch.nn.Module):
     """Eval mode with every parameter's requires_grad off, restored afterwards: the attack touches only its δ."""
-    from .distributed import no_sync
-
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     for p, _ in flags:
         p.requires_grad_(False)
     try:
-        with no_sync(model):  # under DDP: no gradient reduction for the attack's input-only backward passes
+        with distributed.no_sync(model):  # DDP: no gradient reduction for the attack's input-only backward passes
             yield model
     finally:
         for p, flag in flags:
@@ -180,24 +180,24 @@ def objective(model, x, y, noise, hp: Hparams) -> StepResult:
     return StepResult(noisy_cross_entropy(logits, y), (logits.argmax(-1) == y[:, None]).sum(), logits.shape[:2].numel())
 
 
-def minibatches(x: torch.Tensor, y: torch.Tensor, num_noise: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The loader batch's mini-batches, one optimizer step each. One process: ⌊B/m⌋ images each plus a remainder
-    mini-batch, so no image is dropped (METHODS.md §2: the reference crashes on a remainder). Under DDP every rank
-    must take the same number of steps (each ends in an all-reduce), though the ranks' slices of a batch may differ
-    by one image: the count is the one the whole global batch would have, at most the smallest slice, and each rank
-    cuts its slice into that many near-equal pieces."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+def minibatches(x: torch.Tensor, y: torch.Tensor, num_noise: int) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """The loader batch's mini-batches, one optimizer step each, with this rank's share of each step's mean. One
+    process: ⌊B/m⌋ images each plus a remainder mini-batch, so no image is dropped (METHODS.md §2: the reference
+    crashes on a remainder). Under DDP every rank must take the same number of steps (each ends in an all-reduce),
+    though the ranks' slices of a batch may differ by one image: the count is the one the whole global batch would
+    have, at most the smallest slice; each rank cuts its slice into that many near-equal pieces, and piece j's
+    gradient is weighted by its share of the ranks' piece j together, so every step is the exact mean of its
+    images."""
+    slices = distributed.rank_sizes(len(x), x.device)
+    if len(slices) == 1:
         size = max(1, len(x) // num_noise)
-        return list(zip(x.split(size), y.split(size)))
-    total = torch.tensor([len(x)], device=x.device)
-    smallest = total.clone()
-    dist.all_reduce(total)
-    dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
-    whole = int(total)
-    count = min(math.ceil(whole / max(1, whole // num_noise)), int(smallest))
-    return list(zip(x.tensor_split(count), y.tensor_split(count)))
+        return [(a, b, 1.0) for a, b in zip(x.split(size), y.split(size))]
+    whole = sum(slices)
+    count = min(math.ceil(whole / max(1, whole // num_noise)), min(slices))
+    pieces = [distributed.near_equal(n, count) for n in slices]
+    mine = pieces[dist.get_rank()]
+    shares = [mine[j] / sum(p[j] for p in pieces) for j in range(count)]
+    return list(zip(x.split(mine), y.split(mine), shares))
 
 
 def adversarial_train_step(model, optimizer, x, y, hp, epoch: float, objective, num_noise: int) -> StepResult:
@@ -210,10 +210,11 @@ def adversarial_train_step(model, optimizer, x, y, hp, epoch: float, objective, 
     """
     epsilon = warmed_up_epsilon(hp.epsilon, hp.warmup, epoch)
     loss_sum, correct, count = x.new_zeros(()), 0, 0
-    for xs, ys in minibatches(x, y, num_noise):
+    for xs, ys, share in minibatches(x, y, num_noise):
         noise = gaussian_copies(xs, num_noise, hp.sigma)
         x_adv = attack(model, xs, ys, noise, epsilon, hp)
-        result = descend(optimizer, objective(model, x_adv, ys, noise, hp))
+        with distributed.gradient_share(model, share):
+            result = descend(optimizer, objective(model, x_adv, ys, noise, hp))
         loss_sum = loss_sum + result.loss.detach() * result.count
         correct = correct + result.correct
         count += result.count

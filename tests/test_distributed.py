@@ -90,9 +90,74 @@ def test_minibatches_of_one_process_follow_the_paper_and_keep_the_remainder():
 
     x, y = torch.arange(17.0), torch.arange(17)
     pieces = minibatches(x, y, 2)
-    assert [len(a) for a, _ in pieces] == [8, 8, 1]  # ⌊17/2⌋ = 8, and the remainder image
-    assert torch.equal(torch.cat([a for a, _ in pieces]), x)
-    assert [len(a) for a, _ in minibatches(x, y, 1)] == [17]
+    assert [len(a) for a, _, _ in pieces] == [8, 8, 1]  # ⌊17/2⌋ = 8, and the remainder image
+    assert torch.equal(torch.cat([a for a, _, _ in pieces]), x)
+    assert {share for _, _, share in pieces} == {1.0}  # no other rank to share a step with
+    assert [len(a) for a, _, _ in minibatches(x, y, 1)] == [17]
+
+
+def _piece_gradients_worker(rank: int, world: int, init_file: str, queue) -> None:
+    """One rank of the exact-mean check: 17 rows split 8 / 9 as ShardedBatches cuts them, m = 2 pieces per rank."""
+    import torch.distributed as dist
+    from methods import distributed
+    from methods.salman import minibatches
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        data, target = torch.randn(17, 3), torch.randn(17, 1)
+        lo, hi = 17 * rank // world, 17 * (rank + 1) // world
+        model, _ = distributed.wrap(torch.nn.Linear(3, 1), Context(rank, world), torch.device("cpu"))
+        rows, grads = [], []
+        for xs, ys, share in minibatches(data[lo:hi], target[lo:hi], 2):
+            model.zero_grad()
+            with distributed.gradient_share(model, share):
+                torch.nn.functional.mse_loss(model(xs), ys).backward()  # this rank's mean over its piece
+            rows.append((len(xs), share))
+            grads.append(model.module.weight.grad.clone())
+        queue.put((rank, rows, grads, model.hook_state.weight))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_multi_noise_pieces_under_ddp_average_to_the_exact_mean_of_each_step(tmp_path):
+    """Two gloo ranks with slices of 8 and 9 images cut into 3 pieces each (3/3/2 and 3/3/3): every piece's reduced
+    gradient equals one process's gradient of the mean over the ranks' piece j together, although the pieces
+    differ in size; the loader batch's weight is restored afterwards."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_piece_gradients_worker, args=(r, 2, str(tmp_path / "init"), queue))
+             for r in range(2)]
+    for proc in procs:
+        proc.start()
+    try:
+        results = dict((r, (rows, grads, weight)) for r, rows, grads, weight in
+                       (queue.get(timeout=120) for _ in procs))
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    (rows0, grads0, weight0), (rows1, grads1, _) = results[0], results[1]
+    assert [n for n, _ in rows0] == [3, 3, 2] and [n for n, _ in rows1] == [3, 3, 3]
+    for (n0, s0), (n1, s1) in zip(rows0, rows1):
+        assert s0 == pytest.approx(n0 / (n0 + n1)) and s0 + s1 == pytest.approx(1.0)
+    assert weight0 == 1.0  # HookState's default, restored after each gradient_share
+
+    torch.manual_seed(0)  # the workers' data and initial weights, drawn in the same order
+    data, target = torch.randn(17, 3), torch.randn(17, 1)
+    reference = torch.nn.Linear(3, 1)
+    bounds0 = torch.tensor([0, 3, 6, 8])  # rank 0 holds rows 0..7, rank 1 rows 8..16
+    bounds1 = 8 + torch.tensor([0, 3, 6, 9])
+    for j in range(3):
+        rows = torch.cat([torch.arange(bounds0[j], bounds0[j + 1]), torch.arange(bounds1[j], bounds1[j + 1])])
+        reference.zero_grad()
+        torch.nn.functional.mse_loss(reference(data[rows]), target[rows]).backward()
+        torch.testing.assert_close(grads0[j], reference.weight.grad)
+        torch.testing.assert_close(grads1[j], reference.weight.grad)
 
 
 def test_the_train_rule_launches_torchrun_for_several_processes(tmp_path):
