@@ -375,7 +375,8 @@ def certify_run(checkpoint: str | Path, spec: dict, out: str | Path, certifier: 
 
 #: Sidecar fields that may differ between the shards of one certification (everything else must agree): how a
 #: node batched or compiled does not change the certificates; the dtype does (it is the base classifier).
-_SHARD_FIELDS = ("shard", "shards", "subset", "provenance", "forward_batch", "images_per_round", "compile")
+_SHARD_FIELDS = ("shard", "shards", "subset", "provenance", "forward_batch", "images_per_round", "images_in_flight",
+                 "compile")
 
 
 def merge_shards(shard_files: list[str | Path], out: str | Path) -> Path:

@@ -9,7 +9,8 @@ certifier: n0, then one request per look until every radius is decided). Two dri
 - fast (the default): the blocks of many images packed into one forward pass of a fixed shape, counts kept on the
   device per image slot and read back once per completed request, channels_last, bf16 autocast where the device
   supports it, torch.compile with static shapes (CUDA graphs on GPU), under inference_mode. A finished image's slot
-  is refilled at once, so plans of different lengths (the adaptive certifier) keep the batch full.
+  is refilled at once, and requests shorter than a block let more images into the round (up to 4 × the images a
+  round of full blocks holds), so plans of different lengths (the adaptive certifier) keep the batch full.
 
 The noise is defined once for both drivers: image i's draws come from its own generator, `batch_size` at a time
 (the last block of a request holding the remainder), as N(0, I) in NCHW order scaled by σ. In fp32 the fast path
@@ -124,7 +125,7 @@ class _Slot:
     x: torch.Tensor
     generator: torch.Generator | None
     plan: Plan
-    remaining: int = 0  # samples still owed to the current request
+    remaining: int = 0  # samples of the current request not drawn yet
     used: int = 0
     seconds: float = 0.0
     done: bool = False
@@ -177,8 +178,11 @@ class FastSampler:
         self.compiled = False
         self._forward, eager = self._build_forward(model)
         max_batch = settings.max_batch or _free_memory_batch(self.shape, device, eager)  # eager: no extra compile
-        # Slots × batch_size samples per round; each forward pass is `chunk` samples (a static shape).
+        # A round holds up to `capacity` samples (slots × batch_size, whole passes of `chunk`, a static shape). Up to
+        # `in_flight` images are held at once, so that requests shorter than a block (CERTIFY's n0 selection draws,
+        # the adaptive certifier's first looks) still fill the round instead of running a mostly idle pass.
         self.slots = max(1, max_batch // batch_size)
+        self.in_flight = 4 * self.slots
         self.chunk = min(max_batch, self.slots * batch_size)
         self.capacity = math.ceil(self.slots * batch_size / self.chunk) * self.chunk
 
@@ -215,7 +219,7 @@ class FastSampler:
 
     def describe(self) -> dict:
         return {"path": "fast", **self.settings.describe(), "compile": self.compiled,
-                "forward_batch": self.chunk, "images_per_round": self.slots}
+                "forward_batch": self.chunk, "images_per_round": self.slots, "images_in_flight": self.in_flight}
 
     def run(self, items: Iterable[Item]) -> Iterator[tuple[Any, Outcome]]:
         """Drive every item's plan; yields (key, Outcome) as each finishes (not in input order)."""
@@ -223,53 +227,76 @@ class FastSampler:
             yield from self._run(iter(items))
 
     def _run(self, items: Iterator[Item]) -> Iterator[tuple[Any, Outcome]]:
-        classes, dev = self.num_classes, self.device
-        slots: list[_Slot | None] = [None] * self.slots
-        counts = torch.zeros(self.slots, classes, dtype=torch.long, device=dev)
-        buffer = torch.zeros((self.capacity, *self.shape), device=dev).contiguous(memory_format=self.layout)
-        exhausted = False
+        classes, dev, held, capacity = self.num_classes, self.device, self.in_flight, self.capacity
+        slots: list[_Slot | None] = [None] * held
+        counts = torch.zeros(held, classes, dtype=torch.long, device=dev)
+        buffer = torch.zeros((capacity, *self.shape), device=dev).contiguous(memory_format=self.layout)
+        exhausted, start = False, 0
         while True:
-            for s in range(self.slots):  # refill free slots; a plan that asks for nothing finishes at once
-                while slots[s] is None and not exhausted:
-                    item = next(items, None)
-                    if item is None:
-                        exhausted = True
-                        break
-                    slot = _Slot(*item)
-                    result = slot.advance(None)
-                    if slot.done:
-                        yield slot.key, Outcome(result, 0, 0.0)
-                    else:
-                        slot.x = slot.x.to(dev)
-                        slots[s] = slot
-            active = [s for s in range(self.slots) if slots[s] is not None]
-            if not active:
-                return
             t0 = time.perf_counter()
-            sizes, offset = [], 0
-            for s in active:  # each image's next block: its own generator, in NCHW order, as the plain path
+            served, sizes, instant, offset = [], [], [], 0
+
+            def draw(s: int) -> bool:
+                """Image s's next block into the round if it has one and it fits: its own generator, NCHW order, the
+                plain path's block sizes."""
+                nonlocal offset
                 slot = slots[s]
                 size = min(self.batch_size, slot.remaining)
+                if size == 0 or offset + size > capacity:
+                    return False
                 noise = torch.randn((size, *self.shape), device=dev, generator=slot.generator)
                 torch.add(slot.x, noise.mul_(self.sigma), out=buffer[offset:offset + size])
+                slot.remaining -= size
+                slot.used += size
+                served.append(s)
                 sizes.append(size)
                 offset += size
+                return True
+
+            def in_flight() -> list[int]:  # round-robin order, from where the last full round stopped
+                return sorted((s for s in range(held) if slots[s] is not None), key=lambda s: (s - start) % held)
+
+            # 1. one block of every image in flight
+            for s in in_flight():
+                if not draw(s):
+                    start = s
+                    break
+            # 2. room left: start new images (a plan that asks for nothing is answered after the round)
+            while offset < capacity and not exhausted and None in slots:
+                item = next(items, None)
+                if item is None:
+                    exhausted = True
+                    break
+                slot = _Slot(*item)
+                result = slot.advance(None)
+                if slot.done:
+                    instant.append((slot.key, Outcome(result, 0, 0.0)))
+                    continue
+                slot.x = slot.x.to(dev)
+                free = slots.index(None)
+                slots[free] = slot
+                if not draw(free):
+                    break
+            # 3. room left and no image to start (the last images of a run): more blocks of those in flight
+            more = True
+            while more and offset < capacity:
+                more = False
+                for s in in_flight():
+                    more = draw(s) or more
+            if not served:
+                yield from instant
+                return
             # each pass's output copied at once: under CUDA graphs the next replay reuses its buffer
             predictions = torch.cat([self._forward(buffer[i:i + self.chunk]).clone()
                                      for i in range(0, offset, self.chunk)])
-            owner = torch.repeat_interleave(torch.tensor(active), torch.tensor(sizes)).to(dev, non_blocking=True)
+            owner = torch.repeat_interleave(torch.tensor(served), torch.tensor(sizes)).to(dev, non_blocking=True)
             counts.view(-1).add_(torch.bincount(owner * classes + predictions[:offset], minlength=counts.numel()))
-            finished = []
-            for s, size in zip(active, sizes):
-                slots[s].remaining -= size
-                slots[s].used += size
-                if slots[s].remaining == 0:
-                    finished.append(s)
+            finished = [s for s in dict.fromkeys(served) if slots[s].remaining == 0]
             if finished:  # one host sync for every request completed in this round
                 rows = counts[finished].cpu()
                 counts[finished] = 0
             seconds = time.perf_counter() - t0
-            for s, size in zip(active, sizes):  # the round's time, shared by the samples each image drew
+            for s, size in zip(served, sizes):  # the round's time, shared by the samples each image drew
                 slots[s].seconds += seconds * size / offset
             for row, s in enumerate(finished):
                 slot = slots[s]
@@ -277,3 +304,4 @@ class FastSampler:
                 if slot.done:
                     slots[s] = None
                     yield slot.key, Outcome(result, slot.used, slot.seconds)
+            yield from instant

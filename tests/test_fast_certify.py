@@ -174,6 +174,40 @@ def test_slots_are_refilled_as_plans_of_different_lengths_finish():
         assert fast[i].samples == plain[i].samples == sum(sizes[i])
 
 
+class CountingPasses(HalfSpace):
+    """HalfSpace that counts its forward passes."""
+
+    passes = 0
+
+    def forward(self, x):
+        self.passes += 1
+        return super().forward(x)
+
+
+def test_requests_shorter_than_a_block_fill_the_round_with_more_images():
+    """40 images asking 100 draws each (CERTIFY's n0, the adaptive certifier's first look) at batch_size 400: a round
+    of full blocks holds 10 images (4,000 samples), but the sampler holds 4× as many, so the 40 short requests share
+    one pass instead of four; then 12 images asking three blocks each take 4 passes, not 6: the last two images'
+    blocks share one round once nothing new is left to start. Every image gets the plain path's counts."""
+    xs = [torch.full((1, 2, 2), 0.3 + 0.01 * i) for i in range(40)]
+    model = CountingPasses(0.5)
+    sampler = FastSampler(model, 2, 0.3, 400, (1, 2, 2), CPU, FastSettings(torch.float32, max_batch=4000))
+    assert (sampler.slots, sampler.in_flight, sampler.chunk) == (10, 40, 4000)
+
+    def items(sizes, count):
+        return [(i, xs[i], torch.Generator().manual_seed(i), _counts_plan(sizes)) for i in range(count)]
+
+    for sizes, count, passes in [([100], 40, 1), ([1200], 12, 4)]:
+        model.passes = 0
+        fast = dict(sampler.run(items(sizes, count)))
+        assert model.passes == passes
+        plain = dict(run_plain(HalfSpace(0.5), 2, 0.3, 400, items(sizes, count)))
+        assert sorted(fast) == list(range(count))
+        for i in range(count):
+            assert [c.tolist() for c in fast[i].result] == [c.tolist() for c in plain[i].result]
+            assert fast[i].samples == sum(sizes)
+
+
 def test_a_plan_asking_for_nothing_is_refused():
     def bad():
         yield 0
