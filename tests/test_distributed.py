@@ -115,7 +115,8 @@ def _piece_gradients_worker(rank: int, world: int, init_file: str, queue) -> Non
             with distributed.gradient_share(model, share):
                 torch.nn.functional.mse_loss(model(xs), ys).backward()  # this rank's mean over its piece
             rows.append((len(xs), share))
-            grads.append(model.module.weight.grad.clone())
+            grads.append(model.module.weight.grad.tolist())
+        # plain lists: a tensor would travel as a shared-memory handle that dies with this process
         queue.put((rank, rows, grads, model.hook_state.weight))
     finally:
         dist.destroy_process_group()
@@ -156,8 +157,8 @@ def test_multi_noise_pieces_under_ddp_average_to_the_exact_mean_of_each_step(tmp
         rows = torch.cat([torch.arange(bounds0[j], bounds0[j + 1]), torch.arange(bounds1[j], bounds1[j + 1])])
         reference.zero_grad()
         torch.nn.functional.mse_loss(reference(data[rows]), target[rows]).backward()
-        torch.testing.assert_close(grads0[j], reference.weight.grad)
-        torch.testing.assert_close(grads1[j], reference.weight.grad)
+        torch.testing.assert_close(torch.tensor(grads0[j]), reference.weight.grad)
+        torch.testing.assert_close(torch.tensor(grads1[j]), reference.weight.grad)
 
 
 def test_the_train_rule_launches_torchrun_for_several_processes(tmp_path):
