@@ -273,8 +273,16 @@ start_daemon() {  # COMM LOG COMMAND...: in the foreground of a background job, 
     local comm=$1 out=$2
     shift 2
     "$@" >"$out" 2>&1 3>&- 4>&- &
-    PIDS+=("$!") COMMS+=("$comm")
-    log "started $comm (pid $!)"
+    local pid=$! i
+    PIDS+=("$pid") COMMS+=("$comm")
+    # until the job has exec'd the daemon (through setpriv), /proc shows bash or setpriv: `alive` would call the
+    # daemon dead (seen once on a loaded machine, munged's log showing a clean start)
+    for i in $(seq 100); do
+        [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$comm" ]] && break
+        [[ -e /proc/$pid ]] || break
+        sleep 0.05
+    done
+    log "started $comm (pid $pid)"
 }
 
 wait_until() {  # WHAT SECONDS COMMAND...: poll COMMAND until it succeeds; fail when the last daemon died
