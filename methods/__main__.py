@@ -8,12 +8,31 @@
 
 Rules pass the resolved run spec as --spec JSON instead of --configfile/--run; both resolve through methods.config.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import config
+from .bench.benchmark import bench, markdown
+from .bench.plan import plan, summary
+from .bench.train_cost import bench as bench_train
+from .bench.train_cost import format_rows
+from .certify.step import certify_run, merge_shards
+from .core.errors import ConfigError, DatasetNotFound
+from .core.io import select_device
+from .report.build import rebuild, report
+from .report.published import load as load_published
+from .report.summary import summarize
+from .report.tables import markdown as markdown_table
+from .train.loop import train
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -27,8 +46,6 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def _spec(args) -> dict:
-    from . import config
-
     if args.spec:
         return json.loads(args.spec)
     if not args.run:
@@ -48,16 +65,10 @@ def _run_dir(spec: dict) -> Path:
 def _setup_threads(args) -> None:
     """The job's threads, shared among torchrun's processes where there are several (WORLD_SIZE)."""
     if args.threads:
-        import os
-
-        import torch
-
         torch.set_num_threads(max(1, args.threads // int(os.environ.get("WORLD_SIZE", "1"))))
 
 
 def cmd_train(args) -> None:
-    from .train import train
-
     spec = _spec(args)
     _setup_threads(args)
     out = Path(args.out) if args.out else _run_dir(spec)
@@ -66,74 +77,91 @@ def cmd_train(args) -> None:
 
 
 def cmd_certify(args) -> None:
-    from .certify import certify_run
-
     spec = _spec(args)
     _setup_threads(args)
     run_dir = _run_dir(spec)
     checkpoint = Path(args.checkpoint) if args.checkpoint else run_dir / "model.pt"
     out = Path(args.out) if args.out else run_dir / "certify" / f"{args.certifier}.tsv"
     shard, shards = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
-    path = certify_run(checkpoint, spec, out, args.certifier, device=args.device, shard=shard, shards=shards,
-                       progress=not args.no_progress)
+    path = certify_run(
+        checkpoint,
+        spec,
+        out,
+        args.certifier,
+        device=args.device,
+        shard=shard,
+        shards=shards,
+        progress=not args.no_progress,
+    )
     print(f"wrote {path}")
 
 
 def cmd_merge(args) -> None:
-    from .certify import merge_shards
-
     print(f"wrote {merge_shards(args.shards, args.out)}")
 
 
 def cmd_summarize(args) -> None:
-    from .report import summarize
-
-    summary = summarize(args.tsv, args.radii, args.out, json.loads(args.notes) if args.notes else None,
-                        args.linf_radii, json.loads(args.published) if args.published else None)
+    summary = summarize(
+        args.tsv,
+        args.radii,
+        args.out,
+        json.loads(args.notes) if args.notes else None,
+        args.linf_radii,
+        json.loads(args.published) if args.published else None,
+    )
     print(f"wrote {args.out} ({len(summary)} rows)")
 
 
 def cmd_report(args) -> None:
-    from .report import report
-
-    for path in report(args.summary, args.figures_dir, args.tables_dir, args.radius_max, args.title,
-                       tuple(args.what), args.published_csv, args.sigma, args.method):
+    for path in report(
+        args.summary,
+        args.figures_dir,
+        args.tables_dir,
+        args.radius_max,
+        args.title,
+        tuple(args.what),
+        args.published_csv,
+        args.sigma,
+        args.method,
+    ):
         print(f"wrote {path}")
 
 
 def cmd_rebuild(args) -> None:
-    from .report import rebuild
-
-    for path in rebuild(args.results, args.figures, args.radii, args.linf_radii, args.radius_max,
-                        args.linf_radius_max, args.title, json.loads(args.notes) if args.notes else None,
-                        json.loads(args.published) if args.published else None, args.published_csv):
+    for path in rebuild(
+        args.results,
+        args.figures,
+        args.radii,
+        args.linf_radii,
+        args.radius_max,
+        args.linf_radius_max,
+        args.title,
+        json.loads(args.notes) if args.notes else None,
+        json.loads(args.published) if args.published else None,
+        args.published_csv,
+    ):
         print(f"wrote {path}")
 
 
 def cmd_plan(args) -> None:
-    import pandas as pd
-
-    from . import config as mc
-    from .plan import plan, summary
-    from .published import load
-    from .report import _markdown
-
-    jobs = plan(mc.load(args.configfile), load(), pd.read_csv(args.bench) if args.bench else None)
+    jobs = plan(config.load(args.configfile), load_published(), pd.read_csv(args.bench) if args.bench else None)
     if args.out:
         jobs.to_csv(args.out, index=False)
     totals = summary(jobs)
-    print(_markdown(totals, ".1f"))
+    print(markdown_table(totals, ".1f"))
     known = jobs["hours"].notna()
-    print(f"total: {jobs.loc[known, 'gpu_hours'].sum():,.0f} GPU-hours ({jobs.loc[known, 'hours'].sum():,.0f} job-hours)"
-          f" over {int(known.sum())} of {len(jobs)} jobs"
-          + (f"; {int((~known).sum())} jobs without a rate (see `source`{' in ' + args.out if args.out else ''})"
-             if (~known).any() else ""))
+    print(
+        f"total: {jobs.loc[known, 'gpu_hours'].sum():,.0f} GPU-hours ({jobs.loc[known, 'hours'].sum():,.0f} job-hours)"
+        f" over {int(known.sum())} of {len(jobs)} jobs"
+        + (
+            f"; {int((~known).sum())} jobs without a rate (see `source`{' in ' + args.out if args.out else ''})"
+            if (~known).any()
+            else ""
+        )
+    )
 
 
 def cmd_bench(args) -> None:
-    from .bench import bench, markdown
-    from .io import select_device
-
     _setup_threads(args)
     frame = bench(quick=not args.full, device=args.device, out=args.out, only=args.only)
     print(markdown(frame, not args.full, select_device(args.device)))
@@ -141,9 +169,6 @@ def cmd_bench(args) -> None:
 
 
 def cmd_bench_train(args) -> None:
-    from . import config
-    from .bench_train import bench, format_rows
-
     cfg = config.load(args.configfile)
     specs = []
     for name in args.run:
@@ -152,12 +177,13 @@ def cmd_bench_train(args) -> None:
             spec["train"]["batch_size"] = args.batch_size
         specs.append(spec)
     _setup_threads(args)
-    print(format_rows(bench(specs, args.dataset or specs[0]["dataset"], args.steps, args.warmup, args.device)))
+    print(format_rows(bench_train(specs, args.dataset or specs[0]["dataset"], args.steps, args.warmup, args.device)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m methods", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m methods", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="step", required=True)
 
     p = sub.add_parser("train", help="train one run (resumes from <out>/state if present)")
@@ -168,10 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("certify", help="certify a trained run's test subset, write the per-example TSV")
     _add_spec_args(p)
     p.add_argument("--checkpoint", help="model file (default: <run dir>/model.pt)")
-    p.add_argument("--certifier", default="cohen",
-                   help="cohen = Cohen's CERTIFY (default); t-certify(-grid) = Feng et al.'s two-sided certificate; "
-                        "linf-margin, linf-interval = l-inf-dist certificates; pgd20, pgd100, cw-pgd100, autoattack = "
-                        "empirical l-inf radii on the config's eps_grid (see the schema)")
+    p.add_argument(
+        "--certifier",
+        default="cohen",
+        help="cohen = Cohen's CERTIFY (default); t-certify(-grid) = Feng et al.'s two-sided certificate; "
+        "linf-margin, linf-interval = l-inf-dist certificates; pgd20, pgd100, cw-pgd100, autoattack = "
+        "empirical l-inf radii on the config's eps_grid (see the schema)",
+    )
     p.add_argument("--out", help="TSV to write (default: <run dir>/certify/<certifier>.tsv)")
     p.add_argument("--shard", help="I/N: certify only shard I (0-based) of N of the subset")
     p.set_defaults(func=cmd_certify)
@@ -186,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--linf-radii", type=float, nargs="+", help="l-inf radii (pixels) of the l-inf rows' columns")
     p.add_argument("--notes", help='JSON {"run": "caveat", ...}: the config\'s run notes, footnoted in the tables')
-    p.add_argument("--published", help='JSON {"run": [{"paper", "dataset", "setting"}, ...]}: the config\'s '
-                                       'published references, compared in the reproduced-vs-published table')
+    p.add_argument(
+        "--published",
+        help='JSON {"run": [{"paper", "dataset", "setting"}, ...]}: the config\'s '
+        "published references, compared in the reproduced-vs-published table",
+    )
     p.add_argument("tsv", nargs="+", help="results/<dataset>/<run>/seed<s>/certify/<certifier>.tsv files")
     p.set_defaults(func=cmd_summarize)
 
@@ -197,12 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tables-dir", required=True)
     p.add_argument("--radius-max", type=float, default=1.5)
     p.add_argument("--title", default="")
-    p.add_argument("--what", nargs="+", choices=["l2", "sigma", "sweep", "linf", "timing", "published"],
-                   default=["l2", "timing"],
-                   help="l2: certified_accuracy figure + tables; sigma: one figure per --sigma, every method, with "
-                        "the published points; sweep: one sigma-sweep figure per --method; linf: linf_accuracy "
-                        "figure + table (--radius-max is then the l-inf axis); timing: the timing table; published: "
-                        "the reproduced-vs-published table")
+    p.add_argument(
+        "--what",
+        nargs="+",
+        choices=["l2", "sigma", "sweep", "linf", "timing", "published"],
+        default=["l2", "timing"],
+        help="l2: certified_accuracy figure + tables; sigma: one figure per --sigma, every method, with "
+        "the published points; sweep: one sigma-sweep figure per --method; linf: linf_accuracy "
+        "figure + table (--radius-max is then the l-inf axis); timing: the timing table; published: "
+        "the reproduced-vs-published table",
+    )
     p.add_argument("--sigma", type=float, nargs="+", help="the sigmas of --what sigma (default: all)")
     p.add_argument("--method", nargs="+", help="the methods of --what sweep (default: all with a sigma sweep)")
     p.add_argument("--published-csv", help="published numbers (default workflow/resources/published.csv)")
@@ -238,8 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_bench_train)
 
-    p = sub.add_parser("bench", help="each workload on the reference procedure and on the fast path, side by side "
-                                     "(bench.csv, bench.md)")
+    p = sub.add_parser(
+        "bench",
+        help="each workload on the reference procedure and on the fast path, side by side (bench.csv, bench.md)",
+    )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="CPU-sized workloads, minutes on 2 cores (the default)")
     size.add_argument("--full", action="store_true", help="paper-sized workloads (meant for a GPU)")
@@ -250,9 +288,6 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
-    from .config import ConfigError
-    from .data import DatasetNotFound
-
     try:
         args.func(args)
     except (ConfigError, DatasetNotFound, FileNotFoundError) as exc:

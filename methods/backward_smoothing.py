@@ -22,9 +22,10 @@ means "init = x" explicitly (at x′ = x the init gradient is analytically zero;
 sign of round-off), and then an explicit ξ must be 0.
 
 **Train mode.** The reference calls model.train() before the loss. Here the two loss forwards run in the mode the
-caller left the model in: the training loop sets train mode, while `methods.train.evaluate` calls `objective` in
+caller left the model in: the training loop sets train mode, while `methods.train.loop.evaluate` calls `objective` in
 eval mode (under no_grad) on the test set, where switching to train mode would move BatchNorm statistics.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,9 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attacks import project_linf
-from .registry import HparamError, StepResult, require_non_negative, require_positive
-from .salman import frozen_eval
+from .core.adversary import frozen_eval, project_linf
+from .core.interface import HparamError, StepResult, require_non_negative, require_positive
 
 THREAT_MODEL = "linf-empirical"
 SOURCE = "official code (jinghuichen/BackwardSmoothing)"
@@ -60,8 +60,7 @@ class Hparams:
 def kl_logits(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Σ over the batch of KL(S(target) ‖ S(logits)), gradients through both arguments (the reference's
     nn.KLDivLoss(sum) on (log_softmax(logits), softmax(target)))."""
-    return F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(target_logits, dim=1), reduction="sum",
-                    log_target=True)
+    return F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(target_logits, dim=1), reduction="sum", log_target=True)
 
 
 def output_noise(seed: torch.Tensor | int, shape, gamma: float, like: torch.Tensor) -> torch.Tensor:
@@ -76,8 +75,10 @@ def resolve_output_noise(xi, z: torch.Tensor, gamma: float) -> torch.Tensor:
     if isinstance(xi, int) or (isinstance(xi, torch.Tensor) and xi.dim() == 0 and not xi.is_floating_point()):
         return output_noise(xi, z.shape, gamma, z)
     if not isinstance(xi, torch.Tensor) or not xi.is_floating_point() or xi.shape != z.shape:
-        raise ValueError(f"ξ must be a seed (0-dim integer tensor) or a float tensor of the logits' shape "
-                         f"{tuple(z.shape)}, got {xi!r:.80}")
+        raise ValueError(
+            f"ξ must be a seed (0-dim integer tensor) or a float tensor of the logits' shape "
+            f"{tuple(z.shape)}, got {xi!r:.80}"
+        )
     if (xi.abs() > gamma).any():
         raise ValueError(f"explicit ξ exceeds γ = {gamma} in magnitude (max |ξ| = {float(xi.abs().max()):.4g})")
     return xi.to(device=z.device, dtype=z.dtype)
@@ -151,21 +152,46 @@ def objective(model, x: torch.Tensor, y: torch.Tensor, xi, hp: Hparams) -> StepR
 #: reference steps its MultiStepLR every iteration at milestones 50% and 75% of epochs·len(loader); with 391 batches
 #: of 128 per CIFAR epoch those are iterations 19,550 and 29,325, i.e. the first iterations of epochs 50 and 75
 #: (counted from 0), so per-epoch milestones [50, 75] give the same schedule. ResNet-18 / WRN-34-10 are
-#: methods/models.py's resnet18 / wrn34_10. "best" = highest PGD-20 (ε 0.031, step 0.0078) on the first 2,560 test images
-#: (20 batches of 128), evaluated every epoch; PGD-100 on all 10,000 with that checkpoint; AutoAttack standard at
-#: exactly 8/255 on the first 10,000.
-_TRAIN = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128, epochs=100,
-              schedule="multistep", milestones=[50, 75], gamma=0.1, augment=True)  # gamma here: the lr factor
-_EVALUATION = dict(pgd20=dict(eps=0.031, step_size=0.0078, steps=20, loss="ce", random_start=False),
-                   best_checkpoint_images=2560,
-                   pgd100=dict(eps=0.031, step_size=0.0078, steps=100, loss="ce", random_start=False),
-                   autoattack=dict(version="standard", eps=8 / 255, images=10000))
-_COMMON = dict(archs=("resnet18", "wrn34_10"), train=_TRAIN, augment="RandomCrop(32, padding 4) + horizontal flip",
-               hparams=dict(epsilon=0.031, step_size=0.031, gamma=1.0, beta=6.0, steps=1), evaluation=_EVALUATION)
+#: methods/core/models.py's resnet18 / wrn34_10. "best" = highest PGD-20 (ε 0.031, step 0.0078) on the first 2,560
+#: test images (20 batches of 128), evaluated every epoch; PGD-100 on all 10,000 with that checkpoint; AutoAttack
+#: standard at exactly 8/255 on the first 10,000.
+_TRAIN = dict(
+    optimizer="sgd",
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=5e-4,
+    batch_size=128,
+    epochs=100,
+    schedule="multistep",
+    milestones=[50, 75],
+    gamma=0.1,
+    augment=True,
+)  # gamma here: the lr factor
+_EVALUATION = dict(
+    pgd20=dict(eps=0.031, step_size=0.0078, steps=20, loss="ce", random_start=False),
+    best_checkpoint_images=2560,
+    pgd100=dict(eps=0.031, step_size=0.0078, steps=100, loss="ce", random_start=False),
+    autoattack=dict(version="standard", eps=8 / 255, images=10000),
+)
+_COMMON = dict(
+    archs=("resnet18", "wrn34_10"),
+    train=_TRAIN,
+    augment="RandomCrop(32, padding 4) + horizontal flip",
+    hparams=dict(epsilon=0.031, step_size=0.031, gamma=1.0, beta=6.0, steps=1),
+    evaluation=_EVALUATION,
+)
+#: The PAPER setting whose hparams are Hparams' defaults.
+DEFAULTS = "cifar10"
 PAPER = {
     # WideResNet-34-10, AutoAttack (standard, ε = 8/255), public leaderboard entries of the paper's models (%).
-    "cifar10": dict(_COMMON, normalization=dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)),
-                    published=dict(arch="wrn34_10", clean=85.32, autoattack=51.12)),
-    "cifar100": dict(_COMMON, normalization=dict(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761)),
-                     published=dict(arch="wrn34_10", clean=62.15, autoattack=26.94)),
+    "cifar10": dict(
+        _COMMON,
+        normalization=dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)),
+        published=dict(arch="wrn34_10", clean=85.32, autoattack=51.12),
+    ),
+    "cifar100": dict(
+        _COMMON,
+        normalization=dict(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761)),
+        published=dict(arch="wrn34_10", clean=62.15, autoattack=26.94),
+    ),
 }

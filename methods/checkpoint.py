@@ -1,13 +1,18 @@
-"""Model files: the trained weights plus the `info` needed to rebuild the model without the config."""
+"""Model files: the trained weights plus the `info` needed to rebuild the model without the config.
+
+Above the method registry (a model file names its method, whose `Hparams` and architecture rebuild the model), below
+the stages that write (train) and read (certify) model files.
+"""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from . import models
+from .core import models
+from .core.io import atomic_save
 from .registry import get_method
-from .io import atomic_save
 
 REQUIRED_INFO = ("method", "dataset", "num_classes", "hparams", "epochs_done", "arch", "normalization")
 

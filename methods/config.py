@@ -1,27 +1,40 @@
 """Load, validate and resolve experiment configs.
 
-One validator serves the Snakefile and the CLI, so a config that the DAG accepts is exactly a config that
-`python -m methods train --configfile ...` accepts. Errors name the offending field (``runs.cohen-0.25.hparams.sigma``)
+This module sits above every registry it checks a config against (methods and their hyper-parameters, certifiers
+and their threat models, the published settings a run names), so it is the layer just below the CLI and the
+Snakefile; the stages below never read a config, only the resolved spec a rule hands them. One validator serves the
+Snakefile and the CLI, so a config that the DAG accepts is exactly a config that `python -m methods train
+--configfile ...` accepts. Errors name the offending field (``runs.cohen-0.25.hparams.sigma``)
 and are raised before anything runs.
 
 A *run spec* is everything one (run, seed) needs, fully resolved: the run's overrides merged over the top-level
 settings, defaults filled in, the method's hyper-parameters checked against its dataclass. Rules pass it to the CLI
 as JSON, so a step never re-reads the config and Snakemake reruns a step when its spec changes.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import functools
-import json
+import itertools
+import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
+from .core.errors import ConfigError
+from .core.interface import HparamError
+from .core.io import spec_json
+from .core.paths import DEFAULT_CONFIG, REPO_ROOT, SCHEMA_PATH
+from .registry import get_method
+from .report.published import load as load_published
+from .report.published import select as select_published
+from .train.fast import check as check_fast_train
+
+__all__ = ["ConfigError", "REPO_ROOT", "spec_json", "load", "validate", "resolve_run", "runs_of"]
 
 #: Sections a run may override; everything else is experiment-wide.
 RUN_OVERRIDES = ("dataset", "model", "train", "certify", "seeds")
@@ -29,10 +42,6 @@ RUN_OVERRIDES = ("dataset", "model", "train", "certify", "seeds")
 RUN_ANNOTATIONS = ("note", "published")
 #: Top-level keys that describe runs rather than settings; never part of a spec.
 RUN_KEYS = ("runs", "grids", "published")
-
-
-class ConfigError(ValueError):
-    """A config that cannot run. The message names the field and says what is wrong."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,8 +57,6 @@ def _field(path) -> str:
 
 
 def _check_schema(config: dict, schema: dict) -> None:
-    import jsonschema
-
     validator_cls = jsonschema.validators.validator_for(schema)
     best = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(config))
     if best is not None:
@@ -87,9 +94,6 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 def expand_grids(grids: dict, runs: dict) -> dict:
     """`runs` plus one run per combination of each grid's list-valued hparams, named by the grid's template."""
-    import itertools
-    import re
-
     pattern = re.compile(_schema()["$defs"]["run_name"]["pattern"])
     out = copy.deepcopy(runs)
     for grid_name, grid in grids.items():
@@ -103,19 +107,26 @@ def expand_grids(grids: dict, runs: dict) -> dict:
             try:
                 name = grid["name"].format(**hparams)
             except KeyError as exc:
-                raise ConfigError(f"config error at {where}.name: {{{exc.args[0]}}} is not one of the grid's "
-                                  f"hparams ({', '.join(sweeps)})") from None
+                raise ConfigError(
+                    f"config error at {where}.name: {{{exc.args[0]}}} is not one of the grid's "
+                    f"hparams ({', '.join(sweeps)})"
+                ) from None
             except (ValueError, IndexError) as exc:
                 raise ConfigError(f"config error at {where}.name: {exc}") from None
             if not pattern.fullmatch(name):
-                raise ConfigError(f"config error at {where}.name: {name!r} is not a valid run name "
-                                  f"(letters, digits, . _ + -)")
+                raise ConfigError(
+                    f"config error at {where}.name: {name!r} is not a valid run name (letters, digits, . _ + -)"
+                )
             if name in out:
-                raise ConfigError(f"config error at {where}: run {name!r} is defined twice (names must differ, "
-                                  f"e.g. include every swept hparam in the name)")
-            out[name] = {"method": grid["method"], "hparams": hparams,
-                         **{k: copy.deepcopy(grid[k]) for k in (*RUN_OVERRIDES, *RUN_ANNOTATIONS, "resources")
-                            if k in grid}}
+                raise ConfigError(
+                    f"config error at {where}: run {name!r} is defined twice (names must differ, "
+                    f"e.g. include every swept hparam in the name)"
+                )
+            out[name] = {
+                "method": grid["method"],
+                "hparams": hparams,
+                **{k: copy.deepcopy(grid[k]) for k in (*RUN_OVERRIDES, *RUN_ANNOTATIONS, "resources") if k in grid},
+            }
     return out
 
 
@@ -128,21 +139,22 @@ def validate(config: dict) -> dict:
     if not isinstance(config, dict):
         raise ConfigError("config error at <top level>: expected a mapping")
     if not any(key in config for key in ("runs", "grids")):
-        raise ConfigError("config error at <top level>: no runs: give `runs` (named runs) and/or `grids` "
-                          "(families of runs)")
+        raise ConfigError(
+            "config error at <top level>: no runs: give `runs` (named runs) and/or `grids` (families of runs)"
+        )
     schema = _schema()
     _check_schema(config, schema)
     runs = expand_grids(config.get("grids", {}), config.get("runs", {}))
-    experiment = _fill_defaults({k: copy.deepcopy(v) for k, v in config.items() if k not in RUN_KEYS},
-                                schema, schema)
+    experiment = _fill_defaults({k: copy.deepcopy(v) for k, v in config.items() if k not in RUN_KEYS}, schema, schema)
     experiment["runs"] = runs
     for name in runs:
         resolve_run(experiment, name, seed=None)  # raises on the first bad run
     for name, refs in config.get("published", {}).items():  # a grid's runs, named one by one
         if name not in runs:
             raise ConfigError(f"config error at published.{name}: no run named {name!r}")
-        runs[name]["published"] = runs[name].get("published", []) + [r for r in refs if r not in
-                                                                     runs[name].get("published", [])]
+        runs[name]["published"] = runs[name].get("published", []) + [
+            r for r in refs if r not in runs[name].get("published", [])
+        ]
     _check_published(runs)
     return experiment
 
@@ -152,12 +164,10 @@ def _check_published(runs: dict) -> None:
     refs = [(name, i, ref) for name, run in runs.items() for i, ref in enumerate(run.get("published", []))]
     if not refs:
         return
-    from .published import load, select
-
-    table = load()
+    table = load_published()
     for name, i, ref in refs:
         try:
-            select(table, ref["paper"], ref["dataset"], ref["setting"])
+            select_published(table, ref["paper"], ref["dataset"], ref["setting"])
         except KeyError as exc:
             raise ConfigError(f"config error at runs.{name}.published.{i}: {exc.args[0]}") from None
 
@@ -174,8 +184,6 @@ def load(path: str | Path | None = None) -> dict:
 
 def resolve_run(config: dict, name: str, seed: int | None) -> dict:
     """The fully resolved spec of run `name` at `seed` (a validated config is expected)."""
-    from .registry import HparamError, get_method
-
     if name not in config["runs"]:
         raise ConfigError(f"config error at runs: no run named {name!r} (known: {', '.join(config['runs'])})")
     run = config["runs"][name]
@@ -202,11 +210,11 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
     if cert["adaptive"]["radii"] is None:  # the adaptive certifier decides the radii the tables ask about
         cert["adaptive"]["radii"] = list(spec["report"]["radii"])
     if abs(sum(cert["t_certify_split"]) - 1) > 1e-9:
-        raise ConfigError(f"config error at {where}.certify.t_certify_split: the fractions of alpha must sum to 1, "
-                          f"got {cert['t_certify_split']}")
+        raise ConfigError(
+            f"config error at {where}.certify.t_certify_split: the fractions of alpha must sum to 1, "
+            f"got {cert['t_certify_split']}"
+        )
     train = spec["train"]
-    from .fast_train import check as check_fast_train
-
     check_fast_train(train, f"{where}.train")
     if train["schedule"] == "multistep" and not train["milestones"]:
         raise ConfigError(f"config error at {where}.train.milestones: the multistep schedule needs milestones")
@@ -215,14 +223,10 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
 
     for key in ("resources", "report", "seeds", "bench"):  # none changes what this (run, seed) computes
         spec.pop(key, None)
-    spec.update(run=name, method=run["method"], hparams=dataclasses.asdict(hparams), seed=seed,
-                threat_model=method.THREAT_MODEL)
+    spec.update(
+        run=name, method=run["method"], hparams=dataclasses.asdict(hparams), seed=seed, threat_model=method.THREAT_MODEL
+    )
     return spec
-
-
-def spec_json(spec: dict) -> str:
-    """Canonical JSON of a spec: stable key order, so Snakemake sees a change only when something changed."""
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
 def notes_of(config: dict) -> dict[str, str]:
@@ -250,8 +254,9 @@ SLURM_KEYS = {"partition": "slurm_partition", "account": "slurm_account", "gpu_m
 def slurm_keys_used(config: dict, step: str) -> list[str]:
     """The SLURM placement keys the config or any run sets for `step`: only these become rule resources, so that
     an unset key leaves the profile's default-resources in force."""
-    used = set(config["resources"][step]) | {k for run in config["runs"].values()
-                                              for k in run.get("resources", {}).get(step, {})}
+    used = set(config["resources"][step]) | {
+        k for run in config["runs"].values() for k in run.get("resources", {}).get(step, {})
+    }
     return [key for key in SLURM_KEYS if key in used]
 
 

@@ -9,8 +9,9 @@ ADRE, over k noisy copies x + δⱼ:
 where c* is the strongest class other than y under Ĝ. When G is right the second term pushes the runner-up down
 (a larger two-sided margin, which T-CERTIFY turns into radius); when G is wrong it pushes the wrong winner down.
 ADRE-ADV (`adversarial: true`) evaluates the same terms at SmoothAdv's attacked point x̂ with the attack's m = k
-draws, trained with SmoothAdv's procedure (methods/salman.py). T-CERTIFY lives in methods/smoothing.py.
+draws, trained with SmoothAdv's procedure (methods/salman.py). T-CERTIFY lives in methods/certify/smoothing.py.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from . import salman
-from .noise import gaussian_copies, noisy_cross_entropy, noisy_logits, soft_smoothed
-from .registry import StepResult, descend, require_choice, require_non_negative, require_positive
+from .core.interface import StepResult, descend, require_choice, require_non_negative, require_positive
+from .core.noise import gaussian_copies, noisy_cross_entropy, noisy_logits, soft_smoothed
 
 THREAT_MODEL = "l2-smoothing"
 SOURCE = "reconstructed: no official code; the abstract and an independent reimplementation (METHODS.md §4)"
@@ -67,3 +68,10 @@ def train_step(model, optimizer, x, y, hp: Hparams, epoch: float) -> StepResult:
     if hp.adversarial:
         return salman.adversarial_train_step(model, optimizer, x, y, hp, epoch, objective, hp.k)
     return descend(optimizer, objective(model, x, y, draw(x, hp), hp))
+
+
+#: No published settings exist (METHODS.md §4): k and λ are the independent reimplementation's defaults [reimpl]; the
+#: training recipe and the attack of ADRE-ADV are assumed (Cohen's recipe, Salman-0.25's attack).
+PAPER = {"reimplementation": dict(hparams=dict(k=8, lam=0.1, adversarial=False))}
+#: The PAPER setting whose hparams are Hparams' defaults.
+DEFAULTS = "reimplementation"

@@ -10,17 +10,16 @@ Everything here works in NETWORK units (after the model's normalisation, which d
 `Hparams.eps_train` / `eps_test`, `certified_radius` and the `eps_pixel` arguments. `theta(hp)` is the one place that
 converts ε_train; the official code divides by std too (METHODS.md warns that mixing the two is a factor-of-5 bug).
 
-Cost: a naive layer materialises a B × out × in tensor (512 × 5120 × 5120 float32 ≈ 54 GB). `lp_dist` tiles it
-over the output (and, if needed, batch) dimension with a per-tile memory budget, in forward and backward, using
-plain torch ops on whatever device the input is on. `python -m methods.linf_dist_bench` measures it.
+Cost: a naive layer materialises a B × out × in tensor (512 × 5120 × 5120 float32 ≈ 54 GB); the layer calls the
+tiled op of methods/kernels/lp_dist.py (chunked torch, or Triton on CUDA), which never does.
 
 Settings only: the shared loop drives training; it must call `model.set_p(p_at(progress, hp))` per mini-batch with
 the fractional epoch `progress` and use `loss(z, y, hp, progress, model.scale)` (or `step_objective`).
 """
+
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,178 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import HparamError, StepResult, descend, require_choice, require_non_negative, require_positive
+from .core import data
+from .core.interface import HparamError, StepResult, descend, require_choice, require_non_negative, require_positive
+from .kernels.lp_dist import check_p, interval_lp_dist, lp_dist
 
 THREAT_MODEL = "linf-certified"
 ARCH = "linf_dist_mlp"  # the method's own architecture (build_model); the config's model.arch does not apply
 SOURCE = "official code (zbh2047/L_inf-dist-net-v2; v1: zbh2047/L_inf-dist-net)"
 
 INF = float("inf")
-
-#: Working-set budget of one tile of lp_dist / interval bounds (all its temporaries together), used when
-#: chunk_bytes is None. Big tiles amortise kernel launches on a GPU; on a CPU cache-sized tiles run 2-3× faster
-#: than 64-256 MB ones (methods/linf_dist_bench.py: 16 × 5120 × 5120, 2 cores).
-DEFAULT_CHUNK_BYTES = {"cuda": 256 * 2**20, "cpu": 8 * 2**20}
-
-#: lp_dist on float32 CUDA tensors runs the Triton kernels (methods/linf_dist_triton.py) unless this is False
-#: (METHODS_LINF_TRITON=0 in the environment at import): then, and everywhere else, the chunked torch path.
-USE_TRITON = os.environ.get("METHODS_LINF_TRITON", "1") != "0"
-
-
-def _budget(chunk_bytes, device: torch.device) -> int:
-    if chunk_bytes is None:
-        return DEFAULT_CHUNK_BYTES.get(device.type, DEFAULT_CHUNK_BYTES["cuda"])
-    return int(chunk_bytes)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the distance kernel
-
-
-def _check_p(p: float) -> float:
-    p = float(p)
-    if not (p >= 1):  # also rejects NaN
-        raise ValueError(f"p must be >= 1 or inf, got {p!r}")
-    return p
-
-
-def plan_chunks(batch: int, out: int, inp: int, itemsize: int, chunk_bytes: int, buffers: int = 1):
-    """(batch rows, output columns) per tile so that `buffers` tiles of batch × out × inp fit in chunk_bytes.
-
-    Whole batches first (x is then read once per tile), split the batch only when one output column is too big.
-    A single (1, 1, inp) tile is the floor even if it exceeds the budget.
-    """
-    if chunk_bytes <= 0:
-        raise ValueError(f"chunk_bytes must be > 0, got {chunk_bytes}")
-    elems = max(1, int(chunk_bytes) // (itemsize * buffers))
-    if batch * inp <= elems:
-        return batch, max(1, min(out, elems // (batch * inp)))
-    return max(1, min(batch, elems // inp)), 1
-
-
-def _tiles(batch: int, out: int, bc: int, oc: int):
-    for o0 in range(0, out, oc):
-        for b0 in range(0, batch, bc):
-            yield slice(b0, min(b0 + bc, batch)), slice(o0, min(o0 + oc, out))
-
-
-class _LpDist(torch.autograd.Function):
-    """‖x[b] − w[o]‖_p, tiled. p = ∞ saves the argmax (B × out indices) so its backward is a scatter;
-    finite p saves the norms and recomputes the differences tile by tile in backward."""
-
-    @staticmethod
-    def forward(ctx, x, weight, p, chunk_bytes):
-        batch, inp = x.shape
-        out = weight.shape[0]
-        bc, oc = plan_chunks(batch, out, inp, x.element_size(), chunk_bytes, buffers=1)
-        result = x.new_empty(batch, out)
-        if math.isinf(p):
-            index = torch.empty(batch, out, dtype=torch.long, device=x.device)
-            for bs, os_ in _tiles(batch, out, bc, oc):
-                diff = (x[bs, None, :] - weight[None, os_, :]).abs_()
-                idx = diff.argmax(-1)  # ties: the first index (torch.argmax's documented rule)
-                index[bs, os_] = idx
-                result[bs, os_] = diff.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
-            ctx.save_for_backward(x, weight, index)
-        else:
-            for bs, os_ in _tiles(batch, out, bc, oc):
-                diff = (x[bs, None, :] - weight[None, os_, :]).abs_()
-                # ‖v‖_p = m·‖v/m‖_p with m = max|v_i|: no overflow for p up to 1000 (|v|^p alone would)
-                m = diff.amax(-1, keepdim=True)
-                safe = torch.where(m > 0, m, torch.ones_like(m))
-                norm = diff.div_(safe).pow_(p).sum(-1).pow_(1.0 / p).mul_(m.squeeze(-1))
-                result[bs, os_] = norm
-            ctx.save_for_backward(x, weight, result)
-        ctx.p, ctx.chunk_bytes = p, chunk_bytes
-        return result
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, saved = ctx.saved_tensors
-        p = ctx.p
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        batch, inp = x.shape
-        out = weight.shape[0]
-        grad = grad.contiguous()
-        grad_x = grad_w = None
-        if math.isinf(p):
-            # the whole gradient goes to the argmax coordinate, with sign(x_i − w_i); 0 where x == w there
-            index = saved
-            flat = index + torch.arange(out, device=x.device).unsqueeze(0) * inp  # into weight.view(-1)
-            sign = torch.sign(x.gather(1, index) - weight.reshape(-1)[flat])
-            g = grad * sign
-            if need_x:
-                grad_x = torch.zeros_like(x).scatter_add_(1, index, g)
-            if need_w:
-                grad_w = torch.zeros(out * inp, dtype=weight.dtype, device=weight.device)
-                grad_w = grad_w.index_add_(0, flat.reshape(-1), g.reshape(-1), alpha=-1).view(out, inp)
-            return grad_x, grad_w, None, None
-
-        # d‖v‖_p / dv_i = sign(v_i) · (|v_i| / ‖v‖_p)^{p−1}; the ratio is ≤ 1, so no overflow; ‖v‖ = 0 → 0
-        norm = saved
-        safe = torch.where(norm > 0, norm, torch.ones_like(norm))
-        scaled_grad = torch.where(norm > 0, grad, torch.zeros_like(grad))
-        grad_x = torch.zeros_like(x) if need_x else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        bc, oc = plan_chunks(batch, out, inp, x.element_size(), ctx.chunk_bytes, buffers=2)
-        for bs, os_ in _tiles(batch, out, bc, oc):
-            v = x[bs, None, :] - weight[None, os_, :]
-            term = v.abs().div_(safe[bs, os_].unsqueeze(-1))
-            term = term.pow_(p - 1) if p != 1 else term.fill_(1)
-            term.mul_(v.sign_()).mul_(scaled_grad[bs, os_].unsqueeze(-1))
-            if need_x:
-                grad_x[bs] += term.sum(1)
-            if need_w:
-                grad_w[os_] -= term.sum(0)
-        return grad_x, grad_w, None, None
-
-
-def lp_dist(x: torch.Tensor, weight: torch.Tensor, p: float, chunk_bytes: int | None = None):
-    """out[b, o] = ‖x[b] − weight[o]‖_p for x (B, in), weight (out, in), p ≥ 1 or inf, never holding more than
-    about chunk_bytes (None: DEFAULT_CHUNK_BYTES for x's device) of B × out × in temporaries at once.
-
-    p = ∞ backward: the gradient goes to ONE coordinate, the first argmax (torch.argmax's tie rule; the official CUDA
-    kernel takes the first in its loop order). An autograd `amax` (see `naive_lp_dist`) would instead split it
-    evenly across tied coordinates; the two agree whenever the max is unique.
-    """
-    p = _check_p(p)
-    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
-        raise ValueError(f"expected x (B, in) and weight (out, in), got {tuple(x.shape)} and {tuple(weight.shape)}")
-    if x.dtype != weight.dtype or x.device != weight.device:
-        raise ValueError(f"x and weight differ: {x.dtype}/{x.device} vs {weight.dtype}/{weight.device}")
-    if USE_TRITON and x.is_cuda:
-        from . import linf_dist_triton
-        if linf_dist_triton.available(x, weight):
-            return linf_dist_triton.lp_dist(x, weight, p, chunk_bytes)
-    return _LpDist.apply(x, weight, p, _budget(chunk_bytes, x.device))
-
-
-def naive_lp_dist(x: torch.Tensor, weight: torch.Tensor, p: float):
-    """The broadcast B × out × in version through autograd: the test oracle (small sizes only).
-    It overflows for large p with |x − w| > 1 and splits the p = ∞ gradient across ties."""
-    p = _check_p(p)
-    diff = x[:, None, :] - weight[None, :, :]
-    if math.isinf(p):
-        return diff.abs().amax(-1)
-    return torch.linalg.vector_norm(diff, ord=p, dim=-1)
-
-
-@torch.no_grad()
-def interval_lp_dist(lower, upper, weight, chunk_bytes: int | None = None):
-    """Bounds of ‖x − w‖∞ over the box lower ≤ x ≤ upper, tiled like lp_dist:
-    lo = max_i dist(w_i, [l_i, u_i]), hi = max_i max(|l_i − w_i|, |u_i − w_i|)."""
-    batch, inp = lower.shape
-    out = weight.shape[0]
-    bc, oc = plan_chunks(batch, out, inp, lower.element_size(), _budget(chunk_bytes, lower.device), buffers=2)
-    lo, hi = lower.new_empty(batch, out), lower.new_empty(batch, out)
-    for bs, os_ in _tiles(batch, out, bc, oc):
-        below = lower[bs, None, :] - weight[None, os_, :]  # l − w
-        min_b, max_b = torch.aminmax(below, dim=-1)
-        above = upper[bs, None, :] - weight[None, os_, :]  # u − w
-        min_a, max_a = torch.aminmax(above, dim=-1)
-        lo[bs, os_] = torch.maximum(max_b, -min_a).clamp_(min=0)
-        hi[bs, os_] = torch.maximum(max_a, -min_b)
-    return lo, hi
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -214,8 +50,16 @@ class LinfDistLayer(nn.Module):
     layer stays 1-Lipschitz at p = ∞. `p` is set by the model (`LinfDistMLP.set_p`).
     """
 
-    def __init__(self, in_features: int, out_features: int, mean_shift: bool, bias: bool,
-                 identity_val: float | None = 10.0, momentum: float = 0.1, chunk_bytes: int | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        mean_shift: bool,
+        bias: bool,
+        identity_val: float | None = 10.0,
+        momentum: float = 0.1,
+        chunk_bytes: int | None = None,
+    ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.randn(out_features, in_features))
@@ -255,8 +99,10 @@ class LinfDistLayer(nn.Module):
         return lo - shift, hi - shift
 
     def extra_repr(self):
-        return (f"in_features={self.in_features}, out_features={self.out_features}, p={self.p}, "
-                f"mean_shift={self.mean_shift}, bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, p={self.p}, "
+            f"mean_shift={self.mean_shift}, bias={self.bias is not None}"
+        )
 
 
 class LinfDistMLP(nn.Module):
@@ -267,8 +113,17 @@ class LinfDistMLP(nn.Module):
     which margins and certificates use.
     """
 
-    def __init__(self, input_shape, num_classes: int, depth: int, width: int, mean, scalar_std: float,
-                 identity_val: float | None = 10.0, chunk_bytes: int | None = None):
+    def __init__(
+        self,
+        input_shape,
+        num_classes: int,
+        depth: int,
+        width: int,
+        mean,
+        scalar_std: float,
+        identity_val: float | None = 10.0,
+        chunk_bytes: int | None = None,
+    ):
         super().__init__()
         if depth < 2:
             raise ValueError(f"depth must be >= 2 (hidden + output), got {depth}")
@@ -280,10 +135,15 @@ class LinfDistMLP(nn.Module):
         self.scalar_std = float(scalar_std)
         d_in = math.prod(self.input_shape)
         dims = [d_in] + [width] * (depth - 1)
-        layers = [LinfDistLayer(a, b, mean_shift=True, bias=False, identity_val=identity_val,
-                                chunk_bytes=chunk_bytes) for a, b in zip(dims[:-1], dims[1:])]
-        layers.append(LinfDistLayer(width, num_classes, mean_shift=False, bias=True, identity_val=identity_val,
-                                    chunk_bytes=chunk_bytes))
+        layers = [
+            LinfDistLayer(a, b, mean_shift=True, bias=False, identity_val=identity_val, chunk_bytes=chunk_bytes)
+            for a, b in zip(dims[:-1], dims[1:])
+        ]
+        layers.append(
+            LinfDistLayer(
+                width, num_classes, mean_shift=False, bias=True, identity_val=identity_val, chunk_bytes=chunk_bytes
+            )
+        )
         self.layers = nn.ModuleList(layers)
         self.scale = nn.Parameter(torch.ones(()))
 
@@ -294,7 +154,7 @@ class LinfDistMLP(nn.Module):
         return ((x - self.mean) / self.scalar_std).flatten(1)
 
     def set_p(self, p: float):
-        p = _check_p(p)
+        p = check_p(p)
         for layer in self.layers:
             layer.p = p
 
@@ -355,14 +215,16 @@ class Hparams:
 
     def __post_init__(self):
         require_choice(self, "loss", ("v1", "v2"))
-        require_positive(self, "eps_train", "eps_test", "scalar_std", "depth", "width", "lambda0", "lambda_end",
-                         "epochs")
+        require_positive(
+            self, "eps_train", "eps_test", "scalar_std", "depth", "width", "lambda0", "lambda_end", "epochs"
+        )
         require_non_negative(self, "row_weight_decay")
         if not 1 <= self.p0 <= self.p1:
             raise HparamError("p1", f"need 1 <= p0 <= p1, got p0={self.p0}, p1={self.p1}")
         if not 0 <= self.p_start <= self.p_end <= self.epochs:
-            raise HparamError("p_end", f"need 0 <= p_start <= p_end <= epochs, got "
-                                       f"{self.p_start}, {self.p_end}, {self.epochs}")
+            raise HparamError(
+                "p_end", f"need 0 <= p_start <= p_end <= epochs, got {self.p_start}, {self.p_end}, {self.epochs}"
+            )
         if self.depth < 2:
             raise HparamError("depth", f"must be >= 2, got {self.depth}")
         if not 0 <= self.hinge_mix <= 1:
@@ -450,11 +312,14 @@ def require_certifiable(model: nn.Module):
     """The margin rule holds only at p = ∞ in eval mode (then the net is 1-Lipschitz in ℓ∞)."""
     for m in model.modules():
         if m.training:
-            raise ValueError("model is in train mode: its outputs are not a certificate at finite p / in train mode "
-                             "(call model.eval())")
+            raise ValueError(
+                "model is in train mode: its outputs are not a certificate at finite p / in train mode "
+                "(call model.eval())"
+            )
         if isinstance(m, LinfDistLayer) and not math.isinf(m.p):
-            raise ValueError(f"model is at p = {m.p}: not a certificate at finite p / in train mode "
-                             "(call model.set_p(inf))")
+            raise ValueError(
+                f"model is at p = {m.p}: not a certificate at finite p / in train mode (call model.set_p(inf))"
+            )
 
 
 class Certificate(NamedTuple):
@@ -468,8 +333,9 @@ class Certificate(NamedTuple):
 def certify_batch(model: LinfDistMLP, x, y, eps_pixel: float) -> Certificate:
     require_certifiable(model)
     z = model(x)
-    return Certificate(z, z.argmax(1) == y, certified_radius(z, y, model.scalar_std),
-                       is_certified(z, y, eps_pixel, model.scalar_std))
+    return Certificate(
+        z, z.argmax(1) == y, certified_radius(z, y, model.scalar_std), is_certified(z, y, eps_pixel, model.scalar_std)
+    )
 
 
 @torch.no_grad()
@@ -485,10 +351,19 @@ def interval_certified(model: LinfDistMLP, x, y, eps_pixel: float):
 # ---------------------------------------------------------------------------------------------------------------
 # paper settings
 
-_V2_OPT = dict(optimizer="adam", betas=(0.9, 0.99), adam_eps=1e-10, lr=0.03, scale_lr=0.006, batch_size=512,
-               weight_decay=0.0, lr_schedule="cosine over all epochs")
-_CIFAR = dict(dataset="cifar10", scalar_std=0.2009, mean=(0.4914, 0.4822, 0.4465),
-              augment="RandomCrop(32, pad 3, edge) + flip")
+_V2_OPT = dict(
+    optimizer="adam",
+    betas=(0.9, 0.99),
+    adam_eps=1e-10,
+    lr=0.03,
+    scale_lr=0.006,
+    batch_size=512,
+    weight_decay=0.0,
+    lr_schedule="cosine over all epochs",
+)
+_CIFAR = dict(
+    dataset="cifar10", scalar_std=0.2009, mean=(0.4914, 0.4822, 0.4465), augment="RandomCrop(32, pad 3, edge) + flip"
+)
 _MNIST = dict(dataset="mnist", scalar_std=0.3081, mean=(0.1307,), augment="RandomCrop(28, pad 1, edge)")
 _V2_CIFAR = dict(loss="v2", depth=6, width=5120, p0=8.0, p1=1000.0, p_start=100, p_end=1250, epochs=1300)
 _V2_MNIST = dict(loss="v2", depth=5, width=5120, p0=8.0, p1=1000.0, p_start=25, p_end=400, epochs=450)
@@ -496,32 +371,72 @@ _V2_MNIST = dict(loss="v2", depth=5, width=5120, p0=8.0, p1=1000.0, p_start=25, 
 #: Per setting: `hparams` (Hparams fields, eps in pixels) and the rest of the recipe for the shared loop.
 #: Published clean / PGD / certified (%) from the v2 README; v1 certified per the v2 abstract (net alone).
 PAPER = {
-    "v2-mnist-0.1": dict(hparams=dict(_V2_MNIST, eps_train=0.3, eps_test=0.1, scalar_std=0.3081,
-                                      lambda0=0.05, lambda_end=0.0002), **_MNIST, **_V2_OPT,
-                         published=(98.93, 98.03, 97.95)),
-    "v2-mnist-0.3": dict(hparams=dict(_V2_MNIST, eps_train=0.45, eps_test=0.3, scalar_std=0.3081,
-                                      lambda0=0.05, lambda_end=0.0002), **_MNIST, **_V2_OPT,
-                         published=(98.56, 94.73, 93.20)),
-    "v2-cifar10-2/255": dict(hparams=dict(_V2_CIFAR, eps_train=0.03922, eps_test=2 / 255, scalar_std=0.2009,
-                                          lambda0=0.05, lambda_end=0.002), **_CIFAR, **_V2_OPT,
-                             published=(60.61, 54.28, 54.12)),
-    "v2-cifar10-8/255": dict(hparams=dict(_V2_CIFAR, eps_train=0.09411, eps_test=8 / 255, scalar_std=0.2009,
-                                          lambda0=0.1, lambda_end=0.0005), **_CIFAR, **_V2_OPT,
-                             published=(54.30, 41.84, 40.06)),
-    "v2-cifar10-16/255": dict(hparams=dict(_V2_CIFAR, eps_train=0.15685, eps_test=16 / 255, scalar_std=0.2009,
-                                           lambda0=0.1, lambda_end=0.0002), **_CIFAR, **_V2_OPT,
-                              published=(48.50, 32.73, 29.04)),
+    "v2-mnist-0.1": dict(
+        hparams=dict(_V2_MNIST, eps_train=0.3, eps_test=0.1, scalar_std=0.3081, lambda0=0.05, lambda_end=0.0002),
+        **_MNIST,
+        **_V2_OPT,
+        published=(98.93, 98.03, 97.95),
+    ),
+    "v2-mnist-0.3": dict(
+        hparams=dict(_V2_MNIST, eps_train=0.45, eps_test=0.3, scalar_std=0.3081, lambda0=0.05, lambda_end=0.0002),
+        **_MNIST,
+        **_V2_OPT,
+        published=(98.56, 94.73, 93.20),
+    ),
+    "v2-cifar10-2/255": dict(
+        hparams=dict(_V2_CIFAR, eps_train=0.03922, eps_test=2 / 255, scalar_std=0.2009, lambda0=0.05, lambda_end=0.002),
+        **_CIFAR,
+        **_V2_OPT,
+        published=(60.61, 54.28, 54.12),
+    ),
+    "v2-cifar10-8/255": dict(
+        hparams=dict(_V2_CIFAR, eps_train=0.09411, eps_test=8 / 255, scalar_std=0.2009, lambda0=0.1, lambda_end=0.0005),
+        **_CIFAR,
+        **_V2_OPT,
+        published=(54.30, 41.84, 40.06),
+    ),
+    "v2-cifar10-16/255": dict(
+        hparams=dict(
+            _V2_CIFAR, eps_train=0.15685, eps_test=16 / 255, scalar_std=0.2009, lambda0=0.1, lambda_end=0.0002
+        ),
+        **_CIFAR,
+        **_V2_OPT,
+        published=(48.50, 32.73, 29.04),
+    ),
     # v1, net alone: depth 6, width 5120 per the official command (command/ell_inf_dist_net_cifar10.sh:
     # MLP(depth=6,width=5), hinge(mix=0.75), --epochs 0,100,0,750,800); METHODS.md does not state the depth.
     # λ fields are unused by the v1 loss. Decoupled ℓp-row weight decay 5e-3 (METHODS.md) is the loop's job.
-    "v1-cifar10-8/255": dict(hparams=dict(loss="v1", depth=6, width=5120, p0=8.0, p1=1000.0, p_start=100,
-                                          p_end=750, epochs=800, eps_train=0.1568, eps_test=8 / 255,
-                                          scalar_std=0.2009, row_weight_decay=5e-3),
-                             **dict(_CIFAR, augment="RandomCrop(32, pad 4, zeros) + flip"),
-                             optimizer="adam", betas=(0.9, 0.99), adam_eps=1e-10, lr=0.02, batch_size=512,
-                             weight_decay=5e-3, weight_decay_kind="decoupled lp-row, before the Adam step",
-                             lr_schedule="constant until epoch 100, then cosine to 0", published=(None, None, 33.30)),
+    "v1-cifar10-8/255": dict(
+        hparams=dict(
+            loss="v1",
+            depth=6,
+            width=5120,
+            p0=8.0,
+            p1=1000.0,
+            p_start=100,
+            p_end=750,
+            epochs=800,
+            eps_train=0.1568,
+            eps_test=8 / 255,
+            scalar_std=0.2009,
+            row_weight_decay=5e-3,
+        ),
+        **dict(_CIFAR, augment="RandomCrop(32, pad 4, zeros) + flip"),
+        optimizer="adam",
+        betas=(0.9, 0.99),
+        adam_eps=1e-10,
+        lr=0.02,
+        batch_size=512,
+        weight_decay=5e-3,
+        weight_decay_kind="decoupled lp-row, before the Adam step",
+        lr_schedule="constant until epoch 100, then cosine to 0",
+        published=(None, None, 33.30),
+    ),
 }
+
+
+#: The PAPER setting whose hparams are Hparams' defaults.
+DEFAULTS = "v2-cifar10-8/255"
 
 
 def paper_hparams(setting: str) -> Hparams:
@@ -529,7 +444,7 @@ def paper_hparams(setting: str) -> Hparams:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the method contract (methods/registry.py): the architecture and the optimizer groups are part of the method
+# the method contract (methods/core/interface.py): the architecture and the optimizer groups are part of the method
 
 
 class ScaledLogits(nn.Module):
@@ -546,8 +461,6 @@ class ScaledLogits(nn.Module):
 def build_model(dataset: str, hp: Hparams, model_cfg: dict) -> LinfDistMLP:
     """The ℓ∞-dist MLP for `dataset`: per-channel means (the config's `model.mean`, else the dataset's) and the
     method's one scalar std, so ε converts exactly between pixel and network units."""
-    from . import data
-
     meta = data.info(dataset)
     mean = model_cfg.get("mean") or meta.mean
     return LinfDistMLP(meta.shape, meta.num_classes, hp.depth, hp.width, mean, hp.scalar_std)
@@ -581,8 +494,9 @@ def row_weight_decay(model: LinfDistMLP, lr: float, wd: float) -> None:
         if math.isinf(p):
             factor = (magnitude == magnitude.amax(1, keepdim=True)).to(w.dtype)
         else:
-            norm = torch.linalg.vector_norm(w / magnitude.amax(1, keepdim=True).clamp_min(1e-30), ord=p, dim=1,
-                                            keepdim=True) * magnitude.amax(1, keepdim=True)
+            norm = torch.linalg.vector_norm(
+                w / magnitude.amax(1, keepdim=True).clamp_min(1e-30), ord=p, dim=1, keepdim=True
+            ) * magnitude.amax(1, keepdim=True)
             factor = (magnitude / norm.clamp_min(1e-30)) ** (p - 2)
         w.sub_(lr * wd * factor * w)
 

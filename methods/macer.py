@@ -7,6 +7,7 @@ Per example, k noise draws and one forward pass over the B·k noisy images (Batc
   numerical-stability filters — only where ξ is finite and ξ ≤ γ (terms past the hinge would add nothing anyway).
 Loss = (Σ l_C + λ Σ l_R) / B, over the whole batch. Gradients flow through Φ⁻¹.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .noise import gaussian_copies, noisy_logits, soft_smoothed
-from .registry import StepResult, descend, require_non_negative, require_positive
+from .core.interface import StepResult, descend, require_non_negative, require_positive
+from .core.noise import gaussian_copies, noisy_logits, soft_smoothed
 
 THREAT_MODEL = "l2-smoothing"
 SOURCE = "official code (RuntianZ/macer)"
@@ -74,10 +75,31 @@ def train_step(model, optimizer, x, y, hp: Hparams, epoch: float) -> StepResult:
 
 
 #: The paper's training settings (METHODS.md §3), mirrored by the macer runs of config/{cifar10,imagenet}.yaml.
+#: `hparams` of CIFAR-10 are MACER-0.25's; λ depends on σ (`lam_by_sigma`; σ = 1.0's "dynamic λ" is unverified).
 PAPER = {
-    "cifar10": dict(arch="cifar_resnet110", normalization="none", k=16, gamma=8.0, beta=16.0, epochs=440,
-                    batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="multistep",
-                    milestones=[200, 400], gamma_lr=0.1, lam={0.25: 12.0, 0.5: 4.0}),
-    "imagenet": dict(arch="resnet50", k=2, gamma=8.0, beta=16.0, epochs=120, lr=0.1, schedule="multistep",
-                     milestones=[30, 60, 90], gamma_lr=0.1),
+    "cifar10": dict(
+        hparams=dict(sigma=0.25, k=16, gamma=8.0, beta=16.0, lam=12.0),
+        lam_by_sigma={0.25: 12.0, 0.5: 4.0},
+        arch="cifar_resnet110",
+        normalization="none",
+        epochs=440,
+        batch_size=64,
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="multistep",
+        milestones=[200, 400],
+        gamma_lr=0.1,
+    ),
+    "imagenet": dict(
+        hparams=dict(k=2, gamma=8.0, beta=16.0),
+        arch="resnet50",
+        epochs=120,
+        lr=0.1,
+        schedule="multistep",
+        milestones=[30, 60, 90],
+        gamma_lr=0.1,
+    ),
 }
+#: The PAPER setting whose hparams are Hparams' defaults.
+DEFAULTS = "cifar10"

@@ -10,18 +10,19 @@ mode and its parameters frozen: nothing of it reaches the weights' gradients.
 `adversarial_train_step` is also the training procedure of Feng et al.'s ADRE-ADV (methods/feng.py), which swaps
 in its own objective.
 """
+
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from . import distributed
-from .noise import gaussian_copies, noisy_cross_entropy, noisy_logits, soft_smoothed
-from .registry import StepResult, descend, require_choice, require_positive
+from .core import collectives
+from .core.adversary import frozen_eval
+from .core.interface import StepResult, descend, require_choice, require_positive
+from .core.noise import gaussian_copies, noisy_cross_entropy, noisy_logits, soft_smoothed
 
 THREAT_MODEL = "l2-smoothing"
 SOURCE = "official code (Hadisalman/smoothing-adversarial)"
@@ -60,23 +61,6 @@ def soft_smoothed_nll_from_logits(logits, y) -> torch.Tensor:
 def soft_smoothed_nll(model, x, y, noise) -> torch.Tensor:
     """J per example: −log of the soft smoothed classifier's probability of the true class, over the given draws."""
     return soft_smoothed_nll_from_logits(noisy_logits(model, x, noise), y)
-
-
-@contextlib.contextmanager
-def frozen_eval(model: torch.nn.Module):
-    """Eval mode with every parameter's requires_grad off, restored afterwards: the attack touches only its δ."""
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        with distributed.no_sync(model):  # DDP: no gradient reduction for the attack's input-only backward passes
-            yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
@@ -188,13 +172,13 @@ def minibatches(x: torch.Tensor, y: torch.Tensor, num_noise: int) -> list[tuple[
     have, at most the smallest slice; each rank cuts its slice into that many near-equal pieces, and piece j's
     gradient is weighted by its share of the ranks' piece j together, so every step is the exact mean of its
     images."""
-    slices = distributed.rank_sizes(len(x), x.device)
+    slices = collectives.rank_sizes(len(x), x.device)
     if len(slices) == 1:
         size = max(1, len(x) // num_noise)
         return [(a, b, 1.0) for a, b in zip(x.split(size), y.split(size))]
     whole = sum(slices)
     count = min(math.ceil(whole / max(1, whole // num_noise)), min(slices))
-    pieces = [distributed.near_equal(n, count) for n in slices]
+    pieces = [collectives.near_equal(n, count) for n in slices]
     mine = pieces[dist.get_rank()]
     shares = [mine[j] / sum(p[j] for p in pieces) for j in range(count)]
     return list(zip(x.split(mine), y.split(mine), shares))
@@ -213,7 +197,7 @@ def adversarial_train_step(model, optimizer, x, y, hp, epoch: float, objective, 
     for xs, ys, share in minibatches(x, y, num_noise):
         noise = gaussian_copies(xs, num_noise, hp.sigma)
         x_adv = attack(model, xs, ys, noise, epsilon, hp)
-        with distributed.gradient_share(model, share):
+        with collectives.gradient_share(model, share):
             result = descend(optimizer, objective(model, x_adv, ys, noise, hp))
         loss_sum = loss_sum + result.loss.detach() * result.count
         correct = correct + result.correct
@@ -231,25 +215,43 @@ def paper_grid(dataset: str) -> list[dict]:
     import itertools
 
     def product(attacks, steps, noises, eps256, sigmas):
-        return [dict(attack=a, steps=t, num_noise=m, epsilon=k / 256, sigma=s)
-                for a, t, m, k, s in itertools.product(attacks, steps, noises, eps256, sigmas)]
+        return [
+            dict(attack=a, steps=t, num_noise=m, epsilon=k / 256, sigma=s)
+            for a, t, m, k, s in itertools.product(attacks, steps, noises, eps256, sigmas)
+        ]
 
     sigmas = (0.12, 0.25, 0.5, 1.0)
     if dataset == "cifar10":
         eps = (64, 127, 255, 512)
-        return (product(ATTACKS, (2, 4, 6, 8, 10), (1,), eps, sigmas)
-                + product(("pgd",), (2, 4, 10), (2, 4, 8), eps, sigmas)
-                + product(("ddn",), (4, 10), (2, 4, 8, 16), eps + (1024,), sigmas))
+        return (
+            product(ATTACKS, (2, 4, 6, 8, 10), (1,), eps, sigmas)
+            + product(("pgd",), (2, 4, 10), (2, 4, 8), eps, sigmas)
+            + product(("ddn",), (4, 10), (2, 4, 8, 16), eps + (1024,), sigmas)
+        )
     if dataset == "imagenet":
-        return (product(("pgd",), (1,), (1,), (127, 255, 512, 1024, 2048), sigmas)
-                + product(("ddn",), (2,), (1,), (127, 255, 512, 1024), sigmas))
+        return product(("pgd",), (1,), (1,), (127, 255, 512, 1024, 2048), sigmas) + product(
+            ("ddn",), (2,), (1,), (127, 255, 512, 1024), sigmas
+        )
     raise ValueError(f"no SmoothAdv paper grid for {dataset!r}")
 
 
 #: The paper's training settings (METHODS.md §2), mirrored by the salman runs of config/{cifar10,imagenet}.yaml.
+#: `hparams` of CIFAR-10: MACER's Salman-0.25 model (PGD-10, m = 8, ε = 255/256); every model warms up over 10 epochs.
 PAPER = {
-    "cifar10": dict(arch="cifar_resnet110", epochs=150, batch_size=256, lr=0.1, momentum=0.9, weight_decay=1e-4,
-                    schedule="step", step_size=50, gamma=0.1, warmup=10),
+    "cifar10": dict(
+        hparams=dict(sigma=0.25, attack="pgd", steps=10, epsilon=255 / 256, num_noise=8, warmup=10),
+        arch="cifar_resnet110",
+        epochs=150,
+        batch_size=256,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="step",
+        step_size=50,
+        gamma=0.1,
+    ),
     # METHODS.md gives only the model and 90 epochs for ImageNet; the rest is assumed as Cohen's ImageNet recipe.
-    "imagenet": dict(arch="resnet50", epochs=90, warmup=10),
+    "imagenet": dict(hparams=dict(warmup=10), arch="resnet50", epochs=90),
 }
+#: The PAPER setting whose hparams are Hparams' defaults.
+DEFAULTS = "cifar10"

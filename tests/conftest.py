@@ -1,4 +1,5 @@
 """Shared fixtures: tiny specs resolved through the real config path, so tests exercise what the CLI runs."""
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,7 @@ def tiny_config(**train_overrides) -> dict:
         "dataset": "digits",
         "device": "cpu",
         "seeds": [0],
-        "train": {"epochs": 3, "batch_size": 128, "lr": 0.05, "step_size": 2, "augment": False,
-                  **train_overrides},
+        "train": {"epochs": 3, "batch_size": 128, "lr": 0.05, "step_size": 2, "augment": False, **train_overrides},
         "certify": {"n0": 20, "n": 200, "batch_size": 100, "skip": 25, "count": 8},
         "runs": {"cohen-0.25": {"method": "cohen", "hparams": {"sigma": 0.25}}},
     }

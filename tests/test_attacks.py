@@ -1,4 +1,5 @@
 """Empirical ℓ∞ evaluation: PGD (CE / CW-margin), AutoAttack through torchattacks, the empirical radius, TSV rows."""
+
 from __future__ import annotations
 
 import csv
@@ -6,9 +7,10 @@ import csv
 import pytest
 import torch
 import torch.nn.functional as F
-
-from methods import attacks, certify, models
 from conftest import linear_model
+
+from methods.certify import attacks
+from methods.core import adversary, models, tsv
 
 
 def _cnn(seed=0):
@@ -49,8 +51,18 @@ def _exact_linf_radius(W, b, x, y):
 def test_pgd_stays_in_the_ball_and_the_box(loss, random_start, restarts):
     model = _cnn()
     x, y = _images()
-    x_adv = attacks.pgd_linf(model, x, y, 0.1, 0.04, 7, loss=loss, random_start=random_start, restarts=restarts,
-                             generator=torch.Generator().manual_seed(0))
+    x_adv = adversary.pgd_linf(
+        model,
+        x,
+        y,
+        0.1,
+        0.04,
+        7,
+        loss=loss,
+        random_start=random_start,
+        restarts=restarts,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert x_adv.shape == x.shape and not x_adv.requires_grad
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6
     assert x_adv.min() >= 0 and x_adv.max() <= 1
@@ -60,11 +72,11 @@ def test_pgd_stays_in_the_ball_and_the_box(loss, random_start, restarts):
 def test_pgd_argument_checks():
     model, (x, y) = _cnn(), _images()
     with pytest.raises(ValueError, match="loss"):
-        attacks.pgd_linf(model, x, y, 0.1, 0.01, 2, loss="dlr")
+        adversary.pgd_linf(model, x, y, 0.1, 0.01, 2, loss="dlr")
     with pytest.raises(ValueError, match="random_start"):
-        attacks.pgd_linf(model, x, y, 0.1, 0.01, 2, restarts=2)
+        adversary.pgd_linf(model, x, y, 0.1, 0.01, 2, restarts=2)
     with pytest.raises(ValueError):
-        attacks.pgd_linf(model, x, y, 0.1, 0.0, 2)
+        adversary.pgd_linf(model, x, y, 0.1, 0.0, 2)
 
 
 @pytest.mark.parametrize("loss", ["ce", "cw"])
@@ -74,13 +86,13 @@ def test_pgd_raises_the_loss_and_lowers_accuracy_on_a_confident_linear_model(los
     x = torch.rand(64, 1, 8, 8, generator=g, dtype=torch.float64)
     with torch.no_grad():
         y = model(x).argmax(1)  # labelled by its own predictions: clean accuracy 1
-    x_adv = attacks.pgd_linf(model, x, y, 0.05, 0.0125, 10, loss=loss)
+    x_adv = adversary.pgd_linf(model, x, y, 0.05, 0.0125, 10, loss=loss)
     with torch.no_grad():
         clean, attacked = model(x), model(x_adv)
     ce_clean, ce_adv = F.cross_entropy(clean, y, reduction="none"), F.cross_entropy(attacked, y, reduction="none")
     assert (ce_adv > ce_clean).float().mean() > 0.95
     assert attacks.robust_accuracy(model, x, y, x_adv) < 0.7
-    assert (attacks.cw_margin(attacked, y) > attacks.cw_margin(clean, y)).all()
+    assert (adversary.cw_margin(attacked, y) > adversary.cw_margin(clean, y)).all()
 
 
 def test_cw_margin_masks_the_true_class():
@@ -88,7 +100,7 @@ def test_cw_margin_masks_the_true_class():
     # backward-smoothing repo's cw_loss) would give 0 − 3 = −3 for the first example; masking gives −1 − 3 = −4
     logits = torch.tensor([[3.0, -1.0, -2.0], [-5.0, -0.5, -4.0], [1.0, 2.0, 0.5]])
     y = torch.tensor([0, 1, 2])
-    torch.testing.assert_close(attacks.cw_margin(logits, y), torch.tensor([-4.0, -3.5, 1.5]))
+    torch.testing.assert_close(adversary.cw_margin(logits, y), torch.tensor([-4.0, -3.5, 1.5]))
 
 
 def test_cw_pgd_step_follows_the_runner_up_not_a_zeroed_true_class():
@@ -102,7 +114,7 @@ def test_cw_pgd_step_follows_the_runner_up_not_a_zeroed_true_class():
     z = (x @ W.T + b)[0]
     assert z.argmax() == 0 and (z[1:] < 0).all()
     runner_up = 1 + int(z[1:].argmax())
-    x_adv = attacks.pgd_linf(model, x, y, 0.1, 0.05, 1, loss="cw")
+    x_adv = adversary.pgd_linf(model, x, y, 0.1, 0.05, 1, loss="cw")
     torch.testing.assert_close(x_adv, x + 0.05 * (W[runner_up] - W[0]).sign())
 
 
@@ -110,10 +122,10 @@ def test_restarts_keep_the_first_success():
     model = _cnn(seed=2)
     x, y = _images(seed=5, size=32)
     args = (model, x, y, 0.08, 0.02, 3)
-    single = attacks.pgd_linf(*args, random_start=True, generator=torch.Generator().manual_seed(0))
-    multi = attacks.pgd_linf(*args, random_start=True, restarts=4, generator=torch.Generator().manual_seed(0))
-    fooled_single = attacks.predict(model, single) != y
-    fooled_multi = attacks.predict(model, multi) != y
+    single = adversary.pgd_linf(*args, random_start=True, generator=torch.Generator().manual_seed(0))
+    multi = adversary.pgd_linf(*args, random_start=True, restarts=4, generator=torch.Generator().manual_seed(0))
+    fooled_single = adversary.predict(model, single) != y
+    fooled_multi = adversary.predict(model, multi) != y
     assert (fooled_multi | ~fooled_single).all()  # the first restart is the single run: its successes stay
     assert torch.equal(multi[fooled_single], single[fooled_single])
     assert fooled_multi.sum() >= fooled_single.sum()
@@ -130,9 +142,12 @@ def test_restarts_redraw_the_start_for_examples_not_yet_fooled():
     model = _threshold_model()
     x = torch.full((64, 1), 0.49, dtype=torch.float64)
     y = torch.zeros(64, dtype=torch.long)
-    single = attacks.pgd_linf(model, x, y, 0.02, 0.01, 0, random_start=True, generator=torch.Generator().manual_seed(1))
-    multi = attacks.pgd_linf(model, x, y, 0.02, 0.01, 0, random_start=True, restarts=2,
-                             generator=torch.Generator().manual_seed(1))
+    single = adversary.pgd_linf(
+        model, x, y, 0.02, 0.01, 0, random_start=True, generator=torch.Generator().manual_seed(1)
+    )
+    multi = adversary.pgd_linf(
+        model, x, y, 0.02, 0.01, 0, random_start=True, restarts=2, generator=torch.Generator().manual_seed(1)
+    )
     fooled_single, fooled_multi = single[:, 0] > 0.5, multi[:, 0] > 0.5
     assert 10 < fooled_single.sum() < 54
     assert (fooled_multi | ~fooled_single).all() and fooled_multi.sum() > fooled_single.sum()
@@ -161,8 +176,8 @@ def test_attacks_leave_weights_batchnorm_and_mode_alone():
     model.train()
     x, y = _images(classes=5)
     buffers = {k: v.clone() for k, v in model.state_dict().items()}
-    attacks.pgd_linf(model, x, y, 0.1, 0.03, 3, loss="cw", random_start=True)
-    attacks.empirical_radius(model, x, y, [0.01, 0.02], attacks.PGD(0.02, 0.005, 2))
+    adversary.pgd_linf(model, x, y, 0.1, 0.03, 3, loss="cw", random_start=True)
+    attacks.empirical_radius(model, x, y, [0.01, 0.02], adversary.PGD(0.02, 0.005, 2))
     assert all(p.grad is None for p in model.parameters())
     assert all(p.requires_grad for p in model.parameters())
     assert model.training
@@ -215,15 +230,15 @@ def test_empirical_radius_is_consistent_with_the_attack_at_every_grid_point():
     with torch.no_grad():
         y = model(x).argmax(1)
     grid = [0.01 * k for k in range(1, 16)]
-    attack = attacks.PGD(eps=0.01, step_size=0.0025, steps=20)
+    attack = adversary.PGD(eps=0.01, step_size=0.0025, steps=20)
     radius = attacks.empirical_radius(model, x, y, grid, attack)
     for eps in grid:
-        held = attacks.predict(model, attack(model, x, y, eps)) == y
+        held = adversary.predict(model, attack(model, x, y, eps)) == y
         assert torch.equal(held[radius >= eps - 1e-12], torch.ones_like(held[radius >= eps - 1e-12]))
     for i, r in enumerate(radius.tolist()):
         nxt = [e for e in grid if e > r + 1e-12]
         if nxt:
-            assert attacks.predict(model, attack(model, x[i:i + 1], y[i:i + 1], nxt[0]))[0] != y[i]
+            assert adversary.predict(model, attack(model, x[i : i + 1], y[i : i + 1], nxt[0]))[0] != y[i]
 
 
 def test_empirical_radius_never_understates_a_multiclass_linear_radius():
@@ -236,7 +251,7 @@ def test_empirical_radius_never_understates_a_multiclass_linear_radius():
         y = model(x).argmax(1)
     exact = _exact_linf_radius(W, b, x, y)  # the box only makes the true radius larger
     grid = [0.01 * k for k in range(1, 21)]
-    radius = attacks.empirical_radius(model, x, y, grid, attacks.PGD(0.01, 0.0025, 20, loss="cw"))
+    radius = attacks.empirical_radius(model, x, y, grid, adversary.PGD(0.01, 0.0025, 20, loss="cw"))
     below = torch.tensor([max([e for e in grid if e < r], default=0.0) for r in exact.tolist()], dtype=torch.float64)
     assert (radius >= below).all()
     assert (radius < grid[-1]).sum() > 5  # and the attack does break points
@@ -251,19 +266,24 @@ def test_empirical_radius_grid_must_increase():
 
 
 def test_rows_match_the_certify_tsv(tmp_path):
-    rows = attacks.empirical_rows(torch.tensor([10, 11, 12]), torch.tensor([1, 0, 2]), torch.tensor([1, 2, 2]),
-                                  torch.tensor([0.03, 0.5, 0.0], dtype=torch.float64), 0.3)
-    assert [tuple(r) for r in rows] == [certify.TSV_COLUMNS] * 3
+    rows = attacks.empirical_rows(
+        torch.tensor([10, 11, 12]),
+        torch.tensor([1, 0, 2]),
+        torch.tensor([1, 2, 2]),
+        torch.tensor([0.03, 0.5, 0.0], dtype=torch.float64),
+        0.3,
+    )
+    assert [tuple(r) for r in rows] == [tsv.TSV_COLUMNS] * 3
     assert [r["correct"] for r in rows] == [1, 0, 1]
     assert [r["radius"] for r in rows] == [0.03, 0.0, 0.0]  # a wrong prediction carries no radius
     assert [r["predict"] for r in rows] == [1, 2, 2]
     assert sum(r["time"] for r in rows) == pytest.approx(0.3)
     path = tmp_path / "rows.tsv"
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=certify.TSV_COLUMNS, delimiter="\t", lineterminator="\n")
+        writer = csv.DictWriter(fh, fieldnames=tsv.TSV_COLUMNS, delimiter="\t", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    frame = certify.read_tsv(path)
+    frame = tsv.read_tsv(path)
     assert frame["radius"].tolist() == [0.03, 0.0, 0.0] and frame["idx"].tolist() == [10, 11, 12]
 
 
@@ -300,7 +320,7 @@ def test_autoattack_on_a_tiny_linear_model():
     torch.manual_seed(123)
     assert torch.equal(after, torch.rand(3))  # the package's reseeding did not leak into our RNG stream
     assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
-    held = attacks.predict(model, x_adv) == y
+    held = adversary.predict(model, x_adv) == y
     # no attack breaks a provably robust point; AutoAttack breaks every non-robust point of a linear model
     assert torch.equal(held, exact > eps)
     assert all(p.grad is None for p in model.parameters()) and model.training
@@ -312,17 +332,26 @@ def test_autoattack_uses_the_official_iterations_and_target_counts(monkeypatch):
     ta = pytest.importorskip("torchattacks", reason="AutoAttack goes through the torchattacks package")
     seen = {}
     for cls in (ta.APGD, ta.APGDT, ta.FAB, ta.Square):
+
         def fake_forward(self, images, labels, _name=cls.__name__):
-            seen[_name] = (getattr(self, "steps", None), getattr(self, "n_target_classes", None),
-                           getattr(self, "n_queries", None))
+            seen[_name] = (
+                getattr(self, "steps", None),
+                getattr(self, "n_target_classes", None),
+                getattr(self, "n_queries", None),
+            )
             return images.clone()  # "fails" everywhere, so every component runs
+
         monkeypatch.setattr(cls, "forward", fake_forward)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12))
     x, _ = _images(size=3, classes=12)
-    y = attacks.predict(model, x)  # correct everywhere, and the fakes never flip it
+    y = adversary.predict(model, x)  # correct everywhere, and the fakes never flip it
     attacks.autoattack(model, x, y, 8 / 255)
-    assert seen == {"APGD": (100, None, None), "APGDT": (100, 9, None), "FAB": (100, 9, None),
-                    "Square": (None, None, 5000)}
+    assert seen == {
+        "APGD": (100, None, None),
+        "APGDT": (100, 9, None),
+        "FAB": (100, 9, None),
+        "Square": (None, None, 5000),
+    }
     seen.clear()
     attacks.autoattack(model, x, y, 8 / 255, iterations=None, square_queries=100)  # the package's own steps
     assert seen["APGD"][0] == 10 and seen["APGDT"][:2] == (10, 9) and seen["Square"][2] == 100
@@ -357,8 +386,9 @@ def test_gaussian_start_is_the_linf_dist_papers():
     x = 0.25 + 0.5 * torch.rand(64, 1, 4, 4)
     y = torch.zeros(64, dtype=torch.long)
     eps = 0.1
-    x0 = attacks.pgd_linf(model, x, y, eps, eps / 4, steps=0, random_start="gaussian",
-                          generator=torch.Generator().manual_seed(1))
+    x0 = adversary.pgd_linf(
+        model, x, y, eps, eps / 4, steps=0, random_start="gaussian", generator=torch.Generator().manual_seed(1)
+    )
     delta = x0 - x
     assert delta.abs().max() <= eps / 2 + 1e-6 and (delta.abs() > eps / 2 - 1e-6).any()  # clipped at ±ε/2
     assert abs(delta.std().item() - eps / 4) < 0.1 * eps / 4 + 0.002  # N(0, (ε/4)²) before the clip
@@ -372,15 +402,15 @@ def test_per_example_seeds_make_random_start_radii_independent_of_the_batch(rand
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
     x, y = torch.rand(8, 1, 3, 4), torch.randint(0, 4, (8,))
     y = model(x).argmax(1)  # every clean prediction right, so every example is attacked
-    attack = attacks.PGD(eps=0.3, step_size=0.05, steps=3, random_start=random_start, restarts=2)
+    attack = adversary.PGD(eps=0.3, step_size=0.05, steps=3, random_start=random_start, restarts=2)
     grid, seeds = [0.05, 0.1, 0.2, 0.4], [1000 + i for i in range(8)]
     whole = attacks.empirical_radius(model, x, y, grid, attack, seeds)
     order = [5, 2, 7, 0, 3, 6, 1, 4]
     shuffled = attacks.empirical_radius(model, x[order], y[order], grid, attack, [seeds[i] for i in order])
     assert torch.equal(shuffled, whole[order])
     for i in (0, 3):
-        alone = attacks.empirical_radius(model, x[i:i + 1], y[i:i + 1], grid, attack, [seeds[i]])
-        assert torch.equal(alone, whole[i:i + 1])
+        alone = attacks.empirical_radius(model, x[i : i + 1], y[i : i + 1], grid, attack, [seeds[i]])
+        assert torch.equal(alone, whole[i : i + 1])
     # the starts themselves: per-example generators give each example its own stream
-    starts = attacks._start_noise(torch.randn, x.shape, x.dtype, [torch.Generator().manual_seed(s) for s in seeds])
+    starts = adversary._start_noise(torch.randn, x.shape, x.dtype, [torch.Generator().manual_seed(s) for s in seeds])
     assert torch.equal(starts[3], torch.randn((1, 3, 4), generator=torch.Generator().manual_seed(seeds[3])))

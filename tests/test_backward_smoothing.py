@@ -1,4 +1,5 @@
 """Backward smoothing (Chen et al. 2020): the output-noise init, the TRADES step and loss, and the attack's hygiene."""
+
 from __future__ import annotations
 
 import copy
@@ -6,18 +7,19 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import linear_model
 
 from methods import backward_smoothing as bs
-from methods import models, registry
-from methods.registry import HparamError
-
-from conftest import linear_model
+from methods.core import interface, models
+from methods.core.interface import HparamError
 
 
 def _linear(seed=0, classes=4, dim=12):
     g = torch.Generator().manual_seed(seed)
-    return linear_model(torch.randn(classes, dim, generator=g, dtype=torch.float64) * 3,
-                        torch.randn(classes, generator=g, dtype=torch.float64))
+    return linear_model(
+        torch.randn(classes, dim, generator=g, dtype=torch.float64) * 3,
+        torch.randn(classes, generator=g, dtype=torch.float64),
+    )
 
 
 def _batch(seed=1, size=8, shape=(12,), classes=4, dtype=torch.float64):
@@ -55,12 +57,18 @@ def test_hparams_defaults_and_validation():
     assert (hp.epsilon, hp.step_size, hp.gamma, hp.beta, hp.steps) == (0.031, 0.031, 1.0, 6.0, 1)
     assert bs.Hparams(gamma=0.0).gamma == 0  # allowed: init = x
     assert bs.Hparams(beta=0.0, steps=0).steps == 0
-    for field, value in [("epsilon", 0.0), ("step_size", -0.01), ("gamma", -0.5), ("beta", -1.0), ("steps", -1),
-                         ("steps", 1.5)]:
+    for field, value in [
+        ("epsilon", 0.0),
+        ("step_size", -0.01),
+        ("gamma", -0.5),
+        ("beta", -1.0),
+        ("steps", -1),
+        ("steps", 1.5),
+    ]:
         with pytest.raises(HparamError) as err:
             bs.Hparams(**{field: value})
         assert err.value.field == field
-    assert bs.THREAT_MODEL in registry.THREAT_MODELS
+    assert bs.THREAT_MODEL in interface.THREAT_MODELS
     assert "BackwardSmoothing" in bs.SOURCE
 
 
@@ -153,7 +161,7 @@ def test_trades_loss_matches_a_hand_computation_with_gradients_through_both_kl_a
     torch.testing.assert_close(model[1].weight.grad, W.grad)
     # a detached clean distribution would give another gradient: the test can tell the two apart
     W2 = W.detach().clone().requires_grad_(True)
-    clean = (x @ W2.T + b.detach())
+    clean = x @ W2.T + b.detach()
     detached = F.cross_entropy(clean, y) + beta * _kl_by_hand(clean.detach(), x_adv @ W2.T + b.detach()) / len(x)
     detached.backward()
     assert not torch.allclose(W2.grad, W.grad)
@@ -234,7 +242,7 @@ def test_attack_does_not_disturb_existing_gradients():
 
 
 def test_objective_in_eval_mode_under_no_grad_moves_nothing():
-    """methods.train.evaluate calls objectives in eval mode under no_grad: the attack still needs gradients."""
+    """methods.train.loop.evaluate calls objectives in eval mode under no_grad: the attack still needs gradients."""
     model = _bn_model()
     model.eval()
     x, y = _batch(size=8, shape=(1, 8, 8), classes=5, dtype=torch.float32)
@@ -247,7 +255,7 @@ def test_objective_in_eval_mode_under_no_grad_moves_nothing():
 
 
 def test_default_train_step_descends():
-    from methods.train import default_train_step
+    from methods.train.build import default_train_step
 
     model = models.build("small_cnn", "digits", "standard")
     x, y = _batch(size=16, shape=(1, 8, 8), classes=10, dtype=torch.float32)

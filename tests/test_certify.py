@@ -1,4 +1,5 @@
 """The certify step: per-example TSV format, the papers' subsets, resume after a kill, shards that merge exactly."""
+
 from __future__ import annotations
 
 import json
@@ -6,15 +7,17 @@ import json
 import pandas as pd
 import pytest
 
-from methods.certify import (TSV_COLUMNS, _fingerprint, certifier_spec, certify_run, merge_shards, read_tsv,
-                            subset_indices)
-from methods.smoothing import max_radius
-from methods.train import train
+from methods.certify.registry import certifier_spec
+from methods.certify.smoothing import max_radius
+from methods.certify.step import _fingerprint, certify_run, merge_shards, subset_indices
+from methods.core.tsv import TSV_COLUMNS, read_tsv
+from methods.train.loop import train
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from conftest import tiny_config
+
     from methods import config as mc
 
     spec = mc.resolve_run(tiny_config(), "cohen-0.25", seed=0)
@@ -28,7 +31,7 @@ def _without_time(frame: pd.DataFrame) -> pd.DataFrame:
 
 def test_papers_subsets():
     assert subset_indices(10_000, 0, 20, 500) == list(range(0, 10_000, 20))  # Cohen's CIFAR-10 files
-    assert subset_indices(10_000, 500, 1, 500) == list(range(500, 1000))    # MACER's test images 500–999
+    assert subset_indices(10_000, 500, 1, 500) == list(range(500, 1000))  # MACER's test images 500–999
     assert subset_indices(50_000, 0, 100, 500) == list(range(0, 50_000, 100))  # ImageNet, every 100th
     assert subset_indices(10, 3, 4, None) == [3, 7]
     with pytest.raises(ValueError, match="past the end"):
@@ -44,7 +47,7 @@ def test_tsv_format_and_sidecar(trained, tmp_path):
     assert list(frame["idx"]) == list(range(0, 500, 25))[:8]
     assert frame["predict"].dtype.kind == "i" and frame["label"].dtype.kind == "i"
     assert set(frame["correct"]) <= {0, 1}
-    assert (frame.loc[frame["correct"] == 0, "radius"] == 0).all()          # radius 0 when wrong or abstaining
+    assert (frame.loc[frame["correct"] == 0, "radius"] == 0).all()  # radius 0 when wrong or abstaining
     assert (frame.loc[frame["predict"] == -1, "correct"] == 0).all()
     assert (frame["correct"] == (frame["predict"] == frame["label"])).all()
     cliff = max_radius(0.25, 200, 0.001)
@@ -89,7 +92,8 @@ def test_rows_from_other_settings_are_not_resumed(trained, tmp_path, capsys):
     forged[3] = "99.0"  # a radius no run at these settings can produce
     other = {**spec, "certify": {**spec["certify"], "n": 400}}
     (tmp_path / "out.tsv.partial").write_text(
-        _partial(model, spec, [header, "\t".join(forged)], stamp=_fingerprint(model, other, "cohen", 0, 1)))
+        _partial(model, spec, [header, "\t".join(forged)], stamp=_fingerprint(model, other, "cohen", 0, 1))
+    )
     resumed = read_tsv(certify_run(model, spec, tmp_path / "out.tsv", device="cpu", progress=False))
     assert "ignoring" in capsys.readouterr().out
     pd.testing.assert_frame_equal(_without_time(full), _without_time(resumed))
@@ -98,8 +102,10 @@ def test_rows_from_other_settings_are_not_resumed(trained, tmp_path, capsys):
 def test_three_shards_merge_to_the_unsharded_result(trained, tmp_path):
     model, spec = trained
     whole = read_tsv(certify_run(model, spec, tmp_path / "whole.tsv", device="cpu", progress=False))
-    parts = [certify_run(model, spec, tmp_path / f"part{i}.tsv", device="cpu", shard=i, shards=3, progress=False)
-             for i in range(3)]
+    parts = [
+        certify_run(model, spec, tmp_path / f"part{i}.tsv", device="cpu", shard=i, shards=3, progress=False)
+        for i in range(3)
+    ]
     assert sorted(sum((list(read_tsv(p)["idx"]) for p in parts), [])) == list(whole["idx"])
     merged = read_tsv(merge_shards(parts, tmp_path / "merged.tsv"))
     pd.testing.assert_frame_equal(_without_time(whole), _without_time(merged))
@@ -146,22 +152,53 @@ def test_paper_style_grid_certifier_writes_its_grid(trained, tmp_path):
     assert len(read_tsv(out)) == 8
 
 
-
 # ---------------------------------------------------------------- ℓ∞ evaluators
+
 
 @pytest.fixture(scope="module")
 def linf_trained(tmp_path_factory):
     """A small ℓ∞-dist net on digits, trained through the shared loop and ending at p = ∞."""
     from methods import config as mc
 
-    raw = {"dataset": "digits", "device": "cpu",
-           "train": {"epochs": 12, "batch_size": 128, "optimizer": "adam", "lr": 0.03, "adam_betas": [0.9, 0.99],
-                     "adam_eps": 1e-10, "weight_decay": 0.0, "schedule": "cosine", "augment": False},
-           "certify": {"skip": 10, "count": 40, "batch_size": 16, "eps_grid": [0.02, 0.05, 0.1, 0.2],
-                       "certifiers": ["linf-margin", "linf-interval", "pgd20"]},
-           "runs": {"linf": {"method": "linf_dist", "hparams": {
-               "depth": 4, "width": 128, "eps_train": 0.15, "eps_test": 0.1, "scalar_std": 0.3765, "lambda0": 0.05,
-               "lambda_end": 0.0005, "p_start": 1, "p_end": 9, "epochs": 12}}}}
+    raw = {
+        "dataset": "digits",
+        "device": "cpu",
+        "train": {
+            "epochs": 12,
+            "batch_size": 128,
+            "optimizer": "adam",
+            "lr": 0.03,
+            "adam_betas": [0.9, 0.99],
+            "adam_eps": 1e-10,
+            "weight_decay": 0.0,
+            "schedule": "cosine",
+            "augment": False,
+        },
+        "certify": {
+            "skip": 10,
+            "count": 40,
+            "batch_size": 16,
+            "eps_grid": [0.02, 0.05, 0.1, 0.2],
+            "certifiers": ["linf-margin", "linf-interval", "pgd20"],
+        },
+        "runs": {
+            "linf": {
+                "method": "linf_dist",
+                "hparams": {
+                    "depth": 4,
+                    "width": 128,
+                    "eps_train": 0.15,
+                    "eps_test": 0.1,
+                    "scalar_std": 0.3765,
+                    "lambda0": 0.05,
+                    "lambda_end": 0.0005,
+                    "p_start": 1,
+                    "p_end": 9,
+                    "epochs": 12,
+                },
+            }
+        },
+    }
     spec = mc.resolve_run(mc.validate(raw), "linf", seed=0)
     return train(spec, tmp_path_factory.mktemp("linf"), device="cpu", progress=False), spec
 
@@ -170,8 +207,10 @@ def test_linf_evaluators_agree_with_each_other(linf_trained, tmp_path):
     """Interval bounds certify at least what the margin certifies; PGD never breaks a point inside its certified
     radius, so PGD accuracy ≥ certified accuracy at every ε of the grid."""
     model, spec = linf_trained
-    frames = {c: read_tsv(certify_run(model, spec, tmp_path / f"{c}.tsv", certifier=c, device="cpu", progress=False))
-              for c in ("linf-margin", "linf-interval", "pgd20")}
+    frames = {
+        c: read_tsv(certify_run(model, spec, tmp_path / f"{c}.tsv", certifier=c, device="cpu", progress=False))
+        for c in ("linf-margin", "linf-interval", "pgd20")
+    }
     margin, interval, pgd = frames["linf-margin"], frames["linf-interval"], frames["pgd20"]
     assert list(margin["idx"]) == list(range(0, 400, 10))
     assert (margin["predict"] == pgd["predict"]).all() and margin["correct"].mean() > 0.3
@@ -179,7 +218,7 @@ def test_linf_evaluators_agree_with_each_other(linf_trained, tmp_path):
         certified = (margin["correct"] == 1) & (margin["radius"] > eps)
         assert (interval.loc[certified, "radius"] >= eps).all()
         assert (pgd.loc[certified, "radius"] >= eps).all()
-        assert ((pgd["radius"] >= eps).mean() >= certified.mean())
+        assert (pgd["radius"] >= eps).mean() >= certified.mean()
     assert (margin["radius"] > 0).any()
     meta = json.loads((tmp_path / "pgd20.json").read_text())
     assert (meta["norm"], meta["kind"], meta["eps_grid"]) == ("linf", "empirical", [0.02, 0.05, 0.1, 0.2])
@@ -197,7 +236,10 @@ def test_a_certify_job_depends_only_on_its_certifiers_settings(trained):
     _, spec = trained
     changed = {**spec, "certify": {**spec["certify"], "n": 999, "eps_grid": [0.5], "certifiers": ["cohen", "pgd20"]}}
     assert certifier_spec(changed, "pgd20")["certify"] != certifier_spec(spec, "pgd20")["certify"]
-    assert certifier_spec(changed, "pgd20")["certify"] == {**certifier_spec(spec, "pgd20")["certify"], "eps_grid": [0.5]}
+    assert certifier_spec(changed, "pgd20")["certify"] == {
+        **certifier_spec(spec, "pgd20")["certify"],
+        "eps_grid": [0.5],
+    }
     assert certifier_spec(changed, "cohen")["certify"] == {**certifier_spec(spec, "cohen")["certify"], "n": 999}
     with pytest.raises(ValueError, match="unknown certifier"):
         certifier_spec(spec, "bogus")
@@ -207,7 +249,8 @@ def test_trained_digits_linf_dist_net_is_1_lipschitz(linf_trained):
     """|z(x) − z(x′)|∞ ≤ ‖x − x′‖∞ / std on pairs of digits test images and on nearby perturbations."""
     import torch
 
-    from methods import data, load_checkpoint
+    from methods import load_checkpoint
+    from methods.core import data
 
     path, _ = linf_trained
     model, info = load_checkpoint(path)
@@ -215,7 +258,10 @@ def test_trained_digits_linf_dist_net_is_1_lipschitz(linf_trained):
     test = data.load("digits", "test")
     x = torch.stack([test[i][0] for i in range(200)])
     g = torch.Generator().manual_seed(0)
-    pairs = [(x[:100], x[100:]), (x[:100], (x[:100] + 0.2 * (2 * torch.rand(x[:100].shape, generator=g) - 1)).clamp(0, 1))]
+    pairs = [
+        (x[:100], x[100:]),
+        (x[:100], (x[:100] + 0.2 * (2 * torch.rand(x[:100].shape, generator=g) - 1)).clamp(0, 1)),
+    ]
     with torch.no_grad():
         for a, b in pairs:
             lhs = (model(a) - model(b)).abs().amax(1)
@@ -226,11 +272,16 @@ def test_trained_digits_linf_dist_net_is_1_lipschitz(linf_trained):
 
 def test_linf_dist_papers_pgd_is_reproducible_and_respects_certificates(linf_trained, tmp_path):
     model, spec = linf_trained
-    runs = [read_tsv(certify_run(model, spec, tmp_path / f"{i}.tsv", certifier="linf-dist-pgd", device="cpu",
-                                 progress=False)) for i in range(2)]
+    runs = [
+        read_tsv(
+            certify_run(model, spec, tmp_path / f"{i}.tsv", certifier="linf-dist-pgd", device="cpu", progress=False)
+        )
+        for i in range(2)
+    ]
     pd.testing.assert_frame_equal(_without_time(runs[0]), _without_time(runs[1]))
-    margin = read_tsv(certify_run(model, spec, tmp_path / "m.tsv", certifier="linf-margin", device="cpu",
-                                  progress=False))
+    margin = read_tsv(
+        certify_run(model, spec, tmp_path / "m.tsv", certifier="linf-margin", device="cpu", progress=False)
+    )
     for eps in spec["certify"]["eps_grid"]:
         certified = (margin["correct"] == 1) & (margin["radius"] > eps)
         assert (runs[0].loc[certified, "radius"] >= eps).all()

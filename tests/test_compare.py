@@ -1,5 +1,6 @@
 """Reproduced vs published: the interval arithmetic against scipy directly, seed aggregation, flags, and the config's
 published references."""
+
 from __future__ import annotations
 
 import json
@@ -9,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_config
 from scipy import stats
 
-from methods import compare
 from methods import config as mc
-from methods.published import load as load_published
-from methods.report import summarize
-
-from conftest import tiny_config
+from methods.report import compare
+from methods.report.published import load as load_published
+from methods.report.summary import summarize
 
 
 def test_clopper_pearson_is_the_beta_quantiles():
@@ -39,8 +39,9 @@ def test_t_interval_by_hand():
 
 
 def _frame(radii, correct):
-    return pd.DataFrame({"idx": range(len(radii)), "label": 0, "predict": 0, "radius": radii, "correct": correct,
-                         "time": 0.1})
+    return pd.DataFrame(
+        {"idx": range(len(radii)), "label": 0, "predict": 0, "radius": radii, "correct": correct, "time": 0.1}
+    )
 
 
 def test_estimate_one_seed_and_several():
@@ -59,18 +60,39 @@ def test_estimate_one_seed_and_several():
     assert clean.value == pytest.approx(3 / 5)  # correct regardless of radius
 
 
-def _results(root: Path, run: str, method: str, certifier: str, seeds: list[tuple[list, list]], dataset="cifar10",
-             norm="l2", sigma=0.25, eps_grid=None) -> list[Path]:
+def _results(
+    root: Path,
+    run: str,
+    method: str,
+    certifier: str,
+    seeds: list[tuple[list, list]],
+    dataset="cifar10",
+    norm="l2",
+    sigma=0.25,
+    eps_grid=None,
+) -> list[Path]:
     paths = []
     for seed, (radii, correct) in enumerate(seeds):
         d = root / dataset / run / f"seed{seed}" / "certify"
         d.mkdir(parents=True, exist_ok=True)
         _frame(radii, correct).to_csv(d / f"{certifier}.tsv", sep="\t", index=False)
-        (d / f"{certifier}.json").write_text(json.dumps({
-            "certifier": certifier, "norm": norm, "sigma": sigma, "n0": 100, "n": 1000, "alpha": 0.001,
-            "eps_grid": eps_grid, "max_radius": 2.0, "subset": {"start": 0, "skip": 1, "count": None,
-                                                                 "examples": len(radii)},
-            "model_info": {"method": method, "device": "cpu"}, "provenance": {"device_name": "cpu"}}))
+        (d / f"{certifier}.json").write_text(
+            json.dumps(
+                {
+                    "certifier": certifier,
+                    "norm": norm,
+                    "sigma": sigma,
+                    "n0": 100,
+                    "n": 1000,
+                    "alpha": 0.001,
+                    "eps_grid": eps_grid,
+                    "max_radius": 2.0,
+                    "subset": {"start": 0, "skip": 1, "count": None, "examples": len(radii)},
+                    "model_info": {"method": method, "device": "cpu"},
+                    "provenance": {"device_name": "cpu"},
+                }
+            )
+        )
         paths.append(d / f"{certifier}.tsv")
     return paths
 
@@ -100,8 +122,11 @@ def test_comparison_flags_a_published_value_outside_the_interval(tmp_path):
 
 def test_several_seeds_aggregate_with_a_t_interval(tmp_path):
     published = load_published()
-    seeds = [([0.3] * 8 + [0.0] * 2, [1] * 8 + [0] * 2), ([0.3] * 6 + [0.0] * 4, [1] * 6 + [0] * 4),
-             ([0.3] * 7 + [0.0] * 3, [1] * 7 + [0] * 3)]
+    seeds = [
+        ([0.3] * 8 + [0.0] * 2, [1] * 8 + [0] * 2),
+        ([0.3] * 6 + [0.0] * 4, [1] * 6 + [0] * 4),
+        ([0.3] * 7 + [0.0] * 3, [1] * 7 + [0] * 3),
+    ]
     tsvs = _results(tmp_path / "results", "cohen-0.25", "cohen", "cohen", seeds)
     refs = {"cohen-0.25": [{"paper": "cohen2019", "dataset": "cifar10", "setting": "sigma=0.25"}]}
     summary = summarize(tsvs, [0.0], tmp_path / "summary.csv", published=refs)
@@ -127,23 +152,41 @@ def test_linf_numbers_need_their_epsilon_on_the_attack_grid(tmp_path):
     eps8 = 8 / 255
     grid = [2 / 255, eps8]
     root = tmp_path / "results"
-    tsvs = (_results(root, "v2", "linf_dist", "linf-margin", [([0.05, 0.01, 0.0, 0.04], [1, 1, 0, 1])],
-                     norm="linf", sigma=None)
-            + _results(root, "v2", "linf_dist", "linf-dist-pgd", [([eps8, 2 / 255, 0.0, eps8], [1, 1, 0, 1])],
-                       norm="linf", sigma=None, eps_grid=grid))
+    tsvs = _results(
+        root, "v2", "linf_dist", "linf-margin", [([0.05, 0.01, 0.0, 0.04], [1, 1, 0, 1])], norm="linf", sigma=None
+    ) + _results(
+        root,
+        "v2",
+        "linf_dist",
+        "linf-dist-pgd",
+        [([eps8, 2 / 255, 0.0, eps8], [1, 1, 0, 1])],
+        norm="linf",
+        sigma=None,
+        eps_grid=grid,
+    )
     refs = {"v2": [{"paper": "zhang2022", "dataset": "cifar10", "setting": "eps=8/255"}]}
-    table = compare.comparison_table(summarize(tsvs, [0.0], tmp_path / "s.csv", linf_radii=[eps8], published=refs),
-                                     published).set_index("metric")
+    table = compare.comparison_table(
+        summarize(tsvs, [0.0], tmp_path / "s.csv", linf_radii=[eps8], published=refs), published
+    ).set_index("metric")
     assert table.loc["certified_accuracy", "reproduced"] == pytest.approx(2 / 4)  # 0.05 and 0.04 ≥ 8/255
     assert table.loc["certified_accuracy", "certifier"] == "linf-margin"
     assert table.loc["pgd_accuracy", "reproduced"] == pytest.approx(2 / 4)
     assert table.loc["clean_accuracy", "reproduced"] == pytest.approx(3 / 4)
     assert table.loc["certified_accuracy", "published"] == pytest.approx(0.4006)
     # an ε off the attack grid is not made up
-    off = _results(tmp_path / "off", "v2", "linf_dist", "linf-dist-pgd", [([2 / 255, 0.0], [1, 0])], norm="linf",
-                   sigma=None, eps_grid=[2 / 255])
-    table = compare.comparison_table(summarize(off, [0.0], tmp_path / "o.csv", linf_radii=[eps8], published=refs),
-                                     published).set_index("metric")
+    off = _results(
+        tmp_path / "off",
+        "v2",
+        "linf_dist",
+        "linf-dist-pgd",
+        [([2 / 255, 0.0], [1, 0])],
+        norm="linf",
+        sigma=None,
+        eps_grid=[2 / 255],
+    )
+    table = compare.comparison_table(
+        summarize(off, [0.0], tmp_path / "o.csv", linf_radii=[eps8], published=refs), published
+    ).set_index("metric")
     assert math.isnan(table.loc["pgd_accuracy", "reproduced"]) and "not on the" in table.loc["pgd_accuracy", "note"]
     assert "no linf-margin evaluation" in table.loc["certified_accuracy", "note"]
 
@@ -151,8 +194,9 @@ def test_linf_numbers_need_their_epsilon_on_the_attack_grid(tmp_path):
 def test_the_published_envelope_is_compared_with_the_best_run_at_each_radius(tmp_path):
     published = load_published()
     root = tmp_path / "results"
-    tsvs = (_results(root, "salman-a", "salman", "cohen", [([0.3, 0.3, 0.0, 0.0], [1, 1, 1, 0])])
-            + _results(root, "salman-b", "salman", "cohen", [([1.2, 0.0, 0.0, 0.0], [1, 0, 0, 0])], sigma=0.5))
+    tsvs = _results(root, "salman-a", "salman", "cohen", [([0.3, 0.3, 0.0, 0.0], [1, 1, 1, 0])]) + _results(
+        root, "salman-b", "salman", "cohen", [([1.2, 0.0, 0.0, 0.0], [1, 0, 0, 0])], sigma=0.5
+    )
     table = compare.comparison_table(summarize(tsvs, [0.0], tmp_path / "s.csv"), published)
     assert len(table) == 9  # Salman's CIFAR-10 envelope, r = 0.25 … 2.25
     rows = table.set_index("radius")
@@ -164,20 +208,30 @@ def test_the_published_envelope_is_compared_with_the_best_run_at_each_radius(tmp
 def test_config_published_references_are_checked_and_never_retrain():
     raw = tiny_config()
     plain = mc.resolve_run(raw, "cohen-0.25", 0)
-    cfg = mc.validate({**_raw(), "published": {"cohen-0.25": [{"paper": "cohen2019", "dataset": "cifar10",
-                                                                 "setting": "sigma=0.25"}]}})
-    assert mc.published_of(cfg) == {"cohen-0.25": [{"paper": "cohen2019", "dataset": "cifar10",
-                                                    "setting": "sigma=0.25"}]}
+    cfg = mc.validate(
+        {**_raw(), "published": {"cohen-0.25": [{"paper": "cohen2019", "dataset": "cifar10", "setting": "sigma=0.25"}]}}
+    )
+    assert mc.published_of(cfg) == {
+        "cohen-0.25": [{"paper": "cohen2019", "dataset": "cifar10", "setting": "sigma=0.25"}]
+    }
     assert mc.resolve_run(cfg, "cohen-0.25", 0) == plain  # not part of the spec
     with pytest.raises(mc.ConfigError, match=r"runs.cohen-0.25.published.0: .*sigma=0.25"):
-        mc.validate({**_raw(), "published": {"cohen-0.25": [{"paper": "cohen2019", "dataset": "cifar10",
-                                                             "setting": "sigma=0.2"}]}})
+        mc.validate(
+            {
+                **_raw(),
+                "published": {"cohen-0.25": [{"paper": "cohen2019", "dataset": "cifar10", "setting": "sigma=0.2"}]},
+            }
+        )
     with pytest.raises(mc.ConfigError, match="published.nope: no run named 'nope'"):
         mc.validate({**_raw(), "published": {"nope": []}})
 
 
 def _raw() -> dict:
-    return {"dataset": "digits", "device": "cpu", "seeds": [0],
-            "train": {"epochs": 3, "batch_size": 128, "lr": 0.05, "step_size": 2, "augment": False},
-            "certify": {"n0": 20, "n": 200, "batch_size": 100, "skip": 25, "count": 8},
-            "runs": {"cohen-0.25": {"method": "cohen", "hparams": {"sigma": 0.25}}}}
+    return {
+        "dataset": "digits",
+        "device": "cpu",
+        "seeds": [0],
+        "train": {"epochs": 3, "batch_size": 128, "lr": 0.05, "step_size": 2, "augment": False},
+        "certify": {"n0": 20, "n": 200, "batch_size": 100, "skip": 25, "count": 8},
+        "runs": {"cohen-0.25": {"method": "cohen", "hparams": {"sigma": 0.25}}},
+    }

@@ -1,4 +1,5 @@
 """Schema and cross-field validation: bad configs fail before anything runs, naming the field."""
+
 from __future__ import annotations
 
 import copy
@@ -27,21 +28,24 @@ def with_(**changes) -> dict:
     return cfg
 
 
-@pytest.mark.parametrize("cfg,field,words", [
-    (with_(runs={"x": {"method": "no-such-method"}}), "runs.x.method", "is not one of"),
-    (with_(runs={"x": {"method": "cohen", "hparams": {"sigma": -0.25}}}), "runs.x.hparams.sigma", "> 0"),
-    (with_(runs={"x": {"method": "cohen", "hparams": {"sigma": 0}}}), "runs.x.hparams.sigma", "> 0"),
-    (with_(runs={"x": {"method": "cohen", "hparams": {"sgima": 0.5}}}), "runs.x.hparams", "sgima"),
-    (with_(certify__n0=1000, certify__n=100), "runs.cohen-0.25.certify.n0", "exceeds n"),
-    (with_(runs={"x": {"method": "cohen", "certify": {"n0": 50, "n": 10}}}), "runs.x.certify.n0", "exceeds n"),
-    (with_(certify__alpha=1.5), "certify.alpha", "1.5"),
-    (with_(train__epochs=0), "train.epochs", "0"),
-    (with_(train__optimiser="adam"), "train", "optimiser"),
-    (with_(dataset="cifar100"), "dataset", "cifar100"),
-    (with_(train__schedule="multistep"), "runs.cohen-0.25.train.milestones", "needs milestones"),
-    ({"runs": {}}, "runs", "non-empty"),
-    ({}, "<top level>", "give `runs` (named runs) and/or `grids`"),
-])
+@pytest.mark.parametrize(
+    "cfg,field,words",
+    [
+        (with_(runs={"x": {"method": "no-such-method"}}), "runs.x.method", "is not one of"),
+        (with_(runs={"x": {"method": "cohen", "hparams": {"sigma": -0.25}}}), "runs.x.hparams.sigma", "> 0"),
+        (with_(runs={"x": {"method": "cohen", "hparams": {"sigma": 0}}}), "runs.x.hparams.sigma", "> 0"),
+        (with_(runs={"x": {"method": "cohen", "hparams": {"sgima": 0.5}}}), "runs.x.hparams", "sgima"),
+        (with_(certify__n0=1000, certify__n=100), "runs.cohen-0.25.certify.n0", "exceeds n"),
+        (with_(runs={"x": {"method": "cohen", "certify": {"n0": 50, "n": 10}}}), "runs.x.certify.n0", "exceeds n"),
+        (with_(certify__alpha=1.5), "certify.alpha", "1.5"),
+        (with_(train__epochs=0), "train.epochs", "0"),
+        (with_(train__optimiser="adam"), "train", "optimiser"),
+        (with_(dataset="cifar100"), "dataset", "cifar100"),
+        (with_(train__schedule="multistep"), "runs.cohen-0.25.train.milestones", "needs milestones"),
+        ({"runs": {}}, "runs", "non-empty"),
+        ({}, "<top level>", "give `runs` (named runs) and/or `grids`"),
+    ],
+)
 def test_bad_configs_name_the_field(cfg, field, words):
     with pytest.raises(mc.ConfigError) as err:
         mc.validate(cfg)
@@ -53,25 +57,32 @@ def test_bad_configs_name_the_field(cfg, field, words):
 def test_defaults_are_filled_and_run_overrides_only_override_what_they_name():
     cfg = mc.validate(with_(train__epochs=7, runs={"a": {"method": "cohen", "train": {"lr": 0.5}}}))
     spec = mc.resolve_run(cfg, "a", seed=3)
-    assert spec["train"]["lr"] == 0.5            # the run's override
-    assert spec["train"]["epochs"] == 7          # the experiment-wide setting, not the schema default (90)
-    assert spec["train"]["momentum"] == 0.9      # the schema default
-    assert spec["certify"]["sigma"] == 0.25      # certify at the training sigma (Cohen's default hparams)
+    assert spec["train"]["lr"] == 0.5  # the run's override
+    assert spec["train"]["epochs"] == 7  # the experiment-wide setting, not the schema default (90)
+    assert spec["train"]["momentum"] == 0.9  # the schema default
+    assert spec["certify"]["sigma"] == 0.25  # certify at the training sigma (Cohen's default hparams)
     assert spec["seed"] == 3 and spec["method"] == "cohen" and spec["threat_model"] == "l2-smoothing"
     assert cfg["runs"]["a"] == {"method": "cohen", "train": {"lr": 0.5}}  # run entries are not default-filled
 
 
 def test_runs_of_expands_dataset_run_seed():
-    cfg = mc.validate({"seeds": [0, 1], "runs": {"a": {"method": "cohen"},
-                                                 "b": {"method": "cohen", "seeds": [5], "dataset": "mnist"}}})
+    cfg = mc.validate(
+        {
+            "seeds": [0, 1],
+            "runs": {"a": {"method": "cohen"}, "b": {"method": "cohen", "seeds": [5], "dataset": "mnist"}},
+        }
+    )
     assert mc.runs_of(cfg) == [("digits", "a", 0), ("digits", "a", 1), ("mnist", "b", 5)]
 
 
 def test_adding_a_seed_or_changing_resources_leaves_existing_specs_alone():
     """Specs are Snakemake params: anything in them that changes reruns the step."""
     before = mc.resolve_run(mc.validate(with_(seeds=[0])), "cohen-0.25", 0)
-    after = mc.resolve_run(mc.validate(with_(seeds=[0, 1], resources={"train": {"threads": 8}},
-                                             report={"radius_max": 3.0})), "cohen-0.25", 0)
+    after = mc.resolve_run(
+        mc.validate(with_(seeds=[0, 1], resources={"train": {"threads": 8}}, report={"radius_max": 3.0})),
+        "cohen-0.25",
+        0,
+    )
     assert mc.spec_json(before) == mc.spec_json(after)
 
 
@@ -83,7 +94,7 @@ def test_spec_json_is_canonical():
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
 def test_shipped_configs_validate(name):
     cfg = mc.load(REPO / "config" / name)
-    for dataset, run, seed in mc.runs_of(cfg):
+    for _dataset, run, seed in mc.runs_of(cfg):
         mc.resolve_run(cfg, run, seed)
 
 
@@ -107,9 +118,25 @@ def test_paper_configs_carry_cohens_settings(dataset):
 def test_snakemake_refuses_a_bad_config_before_running_anything(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"runs": {"x": {"method": "cohen", "hparams": {"sigma": -1}}}}))
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile",
-                          str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(bad)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--cores",
+            "1",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert "config error at runs.x.hparams.sigma: must be > 0" in out.stdout + out.stderr
     assert not (tmp_path / "results").exists()
@@ -118,17 +145,31 @@ def test_snakemake_refuses_a_bad_config_before_running_anything(tmp_path):
 def test_cli_reports_config_errors_in_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"runs": {"x": {"method": "cohen", "certify": {"n0": 10, "n": 5}}}}))
-    out = subprocess.run([sys.executable, "-m", "methods", "train", "--configfile", str(bad), "--run", "x"],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "methods", "train", "--configfile", str(bad), "--run", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2
     assert out.stderr.strip() == "error: config error at runs.x.certify.n0: n0 = 10 exceeds n = 5"
 
 
 # ---------------------------------------------------------------- grids, notes, the other methods' paper runs
 
+
 def _grid_config(**grid):
-    return {"grids": {"g": {"method": "salman", "name": "s-{attack}{steps}-eps{epsilon:.2f}",
-                            "hparams": {"attack": ["pgd", "ddn"], "steps": [2, 4], "epsilon": 0.5}, **grid}}}
+    return {
+        "grids": {
+            "g": {
+                "method": "salman",
+                "name": "s-{attack}{steps}-eps{epsilon:.2f}",
+                "hparams": {"attack": ["pgd", "ddn"], "steps": [2, 4], "epsilon": 0.5},
+                **grid,
+            }
+        }
+    }
 
 
 def test_grids_expand_to_one_run_per_combination():
@@ -140,12 +181,15 @@ def test_grids_expand_to_one_run_per_combination():
     assert mc.notes_of(cfg) == {name: "a caveat" for name in cfg["runs"]}
 
 
-@pytest.mark.parametrize("grid, words", [
-    ({"name": "s-{attack}"}, "run 's-pgd' is defined twice"),
-    ({"name": "s-{attack}-{k}"}, "{k} is not one of the grid's hparams"),
-    ({"name": "s/{attack}{steps}"}, "is not a valid run name"),
-    ({"hparams": {"steps": []}}, "an empty list sweeps nothing"),
-])
+@pytest.mark.parametrize(
+    "grid, words",
+    [
+        ({"name": "s-{attack}"}, "run 's-pgd' is defined twice"),
+        ({"name": "s-{attack}-{k}"}, "{k} is not one of the grid's hparams"),
+        ({"name": "s/{attack}{steps}"}, "is not a valid run name"),
+        ({"hparams": {"steps": []}}, "an empty list sweeps nothing"),
+    ],
+)
 def test_bad_grids_are_refused(grid, words):
     with pytest.raises(mc.ConfigError, match="config error at grids.g") as err:
         mc.validate(_grid_config(**grid))
@@ -170,10 +214,13 @@ def test_cifar10_config_lists_salmans_whole_paper_grid_with_its_recipe():
     for dataset in ("cifar10", "imagenet"):
         cfg = mc.load(REPO / "config" / f"{dataset}.yaml")
         specs = [mc.resolve_run(cfg, r, 0) for r in cfg["runs"] if cfg["runs"][r]["method"] == "salman"]
-        got = sorted(tuple(s["hparams"][k] for k in ("attack", "steps", "num_noise", "epsilon", "sigma"))
-                     for s in specs)
-        want = sorted(tuple(g[k] for k in ("attack", "steps", "num_noise", "epsilon", "sigma"))
-                      for g in salman.paper_grid(dataset))
+        got = sorted(
+            tuple(s["hparams"][k] for k in ("attack", "steps", "num_noise", "epsilon", "sigma")) for s in specs
+        )
+        want = sorted(
+            tuple(g[k] for k in ("attack", "steps", "num_noise", "epsilon", "sigma"))
+            for g in salman.paper_grid(dataset)
+        )
         assert got == want
         paper = salman.PAPER[dataset]
         for spec in specs:
@@ -200,7 +247,12 @@ def test_paper_configs_carry_macers_settings(dataset):
         assert {k: spec["hparams"][k] for k in ("k", "gamma", "beta")} == {k: paper[k] for k in ("k", "gamma", "beta")}
         train = spec["train"]
         assert (train["epochs"], train["lr"], train["schedule"], train["milestones"], train["gamma"]) == (
-            paper["epochs"], paper["lr"], "multistep", paper["milestones"], paper["gamma_lr"])
+            paper["epochs"],
+            paper["lr"],
+            "multistep",
+            paper["milestones"],
+            paper["gamma_lr"],
+        )
         for key in ("batch_size", "momentum", "weight_decay"):
             if key in paper:
                 assert train[key] == paper[key], key
@@ -219,8 +271,10 @@ def test_paper_configs_certify_feng_runs_with_every_certifier():
 
 
 def test_run_resources_override_the_experiments():
-    raw = {"resources": {"train": {"runtime": 60, "threads": 2}},
-           "runs": {"long": {"method": "macer", "resources": {"train": {"runtime": 600}}}, "short": {"method": "cohen"}}}
+    raw = {
+        "resources": {"train": {"runtime": 60, "threads": 2}},
+        "runs": {"long": {"method": "macer", "resources": {"train": {"runtime": 600}}}, "short": {"method": "cohen"}},
+    }
     cfg = mc.validate(raw)
     assert mc.run_resource(cfg, "long", "train", "runtime") == 600
     assert mc.run_resource(cfg, "long", "train", "threads") == 2
@@ -231,11 +285,20 @@ def test_run_resources_override_the_experiments():
         mc.validate({"runs": {"long": {"method": "cohen", "resources": {"train": {"runtime": 0}}}}})
 
 
-@pytest.mark.parametrize("config_name, runs", [
-    ("mnist", {"linf-dist-v2-0.1": "v2-mnist-0.1", "linf-dist-v2-0.3": "v2-mnist-0.3"}),
-    ("cifar10", {"linf-dist-v2-eps2": "v2-cifar10-2/255", "linf-dist-v2-eps8": "v2-cifar10-8/255",
-                 "linf-dist-v2-eps16": "v2-cifar10-16/255"}),
-])
+@pytest.mark.parametrize(
+    "config_name, runs",
+    [
+        ("mnist", {"linf-dist-v2-0.1": "v2-mnist-0.1", "linf-dist-v2-0.3": "v2-mnist-0.3"}),
+        (
+            "cifar10",
+            {
+                "linf-dist-v2-eps2": "v2-cifar10-2/255",
+                "linf-dist-v2-eps8": "v2-cifar10-8/255",
+                "linf-dist-v2-eps16": "v2-cifar10-16/255",
+            },
+        ),
+    ],
+)
 def test_paper_configs_carry_the_linf_dist_v2_settings(config_name, runs):
     """Each ℓ∞-dist run is exactly its METHODS.md §6 setting (as transcribed in linf_dist.PAPER), with v2's optimizer,
     schedule, batch and crop."""
@@ -246,10 +309,25 @@ def test_paper_configs_carry_the_linf_dist_v2_settings(config_name, runs):
         spec = mc.resolve_run(cfg, run, 0)
         assert linf_dist.Hparams(**spec["hparams"]) == linf_dist.paper_hparams(setting), run
         paper, train = linf_dist.PAPER[setting], spec["train"]
-        assert (train["optimizer"], train["lr"], tuple(train["adam_betas"]), train["adam_eps"], train["batch_size"],
-                train["weight_decay"], train["schedule"], train["epochs"]) == (
-            paper["optimizer"], paper["lr"], paper["betas"], paper["adam_eps"], paper["batch_size"],
-            paper["weight_decay"], "cosine", paper["hparams"]["epochs"])
+        assert (
+            train["optimizer"],
+            train["lr"],
+            tuple(train["adam_betas"]),
+            train["adam_eps"],
+            train["batch_size"],
+            train["weight_decay"],
+            train["schedule"],
+            train["epochs"],
+        ) == (
+            paper["optimizer"],
+            paper["lr"],
+            paper["betas"],
+            paper["adam_eps"],
+            paper["batch_size"],
+            paper["weight_decay"],
+            "cosine",
+            paper["hparams"]["epochs"],
+        )
         assert train["augment"]["padding_mode"] == "edge"
         assert "linf-margin" in spec["certify"]["certifiers"]
 
@@ -265,12 +343,18 @@ def test_cifar10_config_carries_backward_smoothings_settings():
         assert spec["hparams"] == paper["hparams"]
         assert {k: spec["train"][k] for k in paper["train"]} == paper["train"]
         assert (tuple(spec["model"]["mean"]), tuple(spec["model"]["std"])) == (
-            paper["normalization"]["mean"], paper["normalization"]["std"])
+            paper["normalization"]["mean"],
+            paper["normalization"]["std"],
+        )
         assert {"pgd20", "pgd100", "autoattack"} <= set(spec["certify"]["certifiers"])
         pgd20 = paper["evaluation"]["pgd20"]  # the "best" epoch: PGD-20 on the first 2,560 test images
-        assert spec["train"]["select_best"] == dict(eps=pgd20["eps"], step_size=pgd20["step_size"],
-                                                    steps=pgd20["steps"], loss=pgd20["loss"],
-                                                    images=paper["evaluation"]["best_checkpoint_images"])
+        assert spec["train"]["select_best"] == dict(
+            eps=pgd20["eps"],
+            step_size=pgd20["step_size"],
+            steps=pgd20["steps"],
+            loss=pgd20["loss"],
+            images=paper["evaluation"]["best_checkpoint_images"],
+        )
         assert pgd20["random_start"] is False  # selection_accuracy never starts at random
         assert 8 / 255 in spec["certify"]["eps_grid"] and 0.031 in spec["certify"]["eps_grid"]
 
@@ -284,6 +368,11 @@ def test_cifar10_config_carries_the_linf_dist_v1_settings():
     assert linf_dist.Hparams(**spec["hparams"]) == linf_dist.paper_hparams("v1-cifar10-8/255")
     train = spec["train"]
     assert (train["lr"], train["batch_size"], train["epochs"], train["schedule"], train["cosine_start"]) == (
-        paper["lr"], paper["batch_size"], 800, "cosine", 100)
+        paper["lr"],
+        paper["batch_size"],
+        800,
+        "cosine",
+        100,
+    )
     assert train["weight_decay"] == 0.0 and spec["hparams"]["row_weight_decay"] == paper["weight_decay"]
     assert train["augment"] is True  # RandomCrop(32, pad 4, zeros) + flip: the CIFAR-10 standard

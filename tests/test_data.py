@@ -3,6 +3,7 @@ and fail with a DatasetNotFound that tells the user where they looked and which 
 
 Every on-disk dataset is written here, tiny, into pytest's tmp_path: nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from methods import data
-from methods.data import DatasetNotFound
+from methods.core import data
+from methods.core.errors import DatasetNotFound
 
 
 def _stack(ds, indices=None):
@@ -193,7 +194,7 @@ def test_cifar10_augment_is_pad4_crop_and_flip(tmp_path):
     ds = data.load("cifar10", "train", data_root=tmp_path, augment=True)
     orig = torch.from_numpy(written["data_batch_1"][0][0]).float() / 255.0
     padded = [torch.nn.functional.pad(img, (4, 4, 4, 4)) for img in (orig, orig.flip(-1))]
-    candidates = [p[:, i:i + 32, j:j + 32] for p in padded for i in range(9) for j in range(9)]
+    candidates = [p[:, i : i + 32, j : j + 32] for p in padded for i in range(9) for j in range(9)]
     changed = 0
     for _ in range(20):
         x, y = ds[0]
@@ -257,14 +258,17 @@ def test_imagenet_train_augment_gives_224(tmp_path):
 # ----------------------------------------------------------------------------------------- missing data
 
 
-@pytest.mark.parametrize("name, split, looked_in", [
-    ("mnist", "train", "MNIST/raw"),
-    ("mnist", "test", "MNIST/raw"),
-    ("cifar10", "train", "cifar-10-batches-py"),
-    ("cifar10", "test", "cifar-10-batches-py"),
-    ("imagenet", "train", "imagenet/train"),
-    ("imagenet", "test", "imagenet/val"),
-])
+@pytest.mark.parametrize(
+    "name, split, looked_in",
+    [
+        ("mnist", "train", "MNIST/raw"),
+        ("mnist", "test", "MNIST/raw"),
+        ("cifar10", "train", "cifar-10-batches-py"),
+        ("cifar10", "test", "cifar-10-batches-py"),
+        ("imagenet", "train", "imagenet/train"),
+        ("imagenet", "test", "imagenet/val"),
+    ],
+)
 def test_missing_dataset_raises_dataset_not_found(tmp_path, name, split, looked_in):
     """An empty data_root raises DatasetNotFound (a FileNotFoundError) with a one-line message naming the
     path looked in and the config key `data_root`."""
@@ -370,7 +374,7 @@ def test_a_papers_own_crop_pads_with_edge_values_and_keeps_the_shape():
     """ℓ∞-dist v2 crops with edge padding (not zeros): a padded border repeats the image's edge pixels."""
     import torch
 
-    from methods import data
+    from methods.core import data
 
     torch.manual_seed(0)
     crop = data.crop_and_flip(8, crop_padding=3, padding_mode="edge", flip=False)

@@ -1,4 +1,5 @@
 """Data-parallel training: batch sharding, and 2 gloo processes training the same model as 1 process."""
+
 from __future__ import annotations
 
 import os
@@ -11,11 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_config
 
 from methods import config as mc
-from methods.distributed import Context, ShardedBatches
-
-from conftest import tiny_config
+from methods.core import collectives
+from methods.train.distributed import Context, ShardedBatches
 
 
 def test_each_global_batch_is_cut_into_contiguous_slices_in_the_same_order():
@@ -26,7 +27,13 @@ def test_each_global_batch_is_cut_into_contiguous_slices_in_the_same_order():
     assert ShardedBatches(order, 4, Context(0, 3)).global_sizes() == [4, 4]
     assert ShardedBatches(order, 4, Context(0, 2)).global_sizes() == [4, 4, 2]
     assert [b for r in range(2) for b in ShardedBatches(order, 4, Context(r, 2))] == [
-        [0, 1], [4, 5], [8], [2, 3], [6, 7], [9]]
+        [0, 1],
+        [4, 5],
+        [8],
+        [2, 3],
+        [6, 7],
+        [9],
+    ]
 
 
 def _spec():
@@ -34,20 +41,36 @@ def _spec():
     plus the attack's frozen forward), a BatchNorm-free model, and 1297 digits in batches of 64: the last batch of
     17 splits 9 / 8, so the weighted gradient average is exercised."""
     raw = tiny_config(epochs=2, batch_size=64, lr=0.05, schedule="constant")
-    raw["runs"] = {"bs": {"method": "backward_smoothing",
-                          "hparams": {"epsilon": 0.1, "step_size": 0.1, "gamma": 0.0, "steps": 0}}}
+    raw["runs"] = {
+        "bs": {"method": "backward_smoothing", "hparams": {"epsilon": 0.1, "step_size": 0.1, "gamma": 0.0, "steps": 0}}
+    }
     return mc.resolve_run(mc.validate(raw), "bs", 0)
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    args = ["-m", "methods", "train", "--spec", mc.spec_json(_spec()), "--device", "cpu", "--threads", "1",
-            "--no-progress", "--out"]
+    args = [
+        "-m",
+        "methods",
+        "train",
+        "--spec",
+        mc.spec_json(_spec()),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+    ]
     one = subprocess.run([sys.executable, *args, str(tmp_path / "one")], capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", *args, str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", *args, str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
     a = pd.read_csv(tmp_path / "one" / "train_log.tsv", sep="\t")
     b = pd.read_csv(tmp_path / "two" / "train_log.tsv", sep="\t")
@@ -67,13 +90,34 @@ def test_multi_noise_smoothadv_takes_the_same_steps_on_every_rank(tmp_path):
     takes the global batch's count of steps: the run finishes (it hung before) and logs its epoch."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     raw = tiny_config(epochs=1, batch_size=64, lr=0.05, schedule="constant")
-    raw["runs"] = {"adv": {"method": "salman", "hparams": {"sigma": 0.25, "attack": "pgd", "steps": 1,
-                                                           "num_noise": 2, "epsilon": 0.25, "warmup": 1}}}
+    raw["runs"] = {
+        "adv": {
+            "method": "salman",
+            "hparams": {"sigma": 0.25, "attack": "pgd", "steps": 1, "num_noise": 2, "epsilon": 0.25, "warmup": 1},
+        }
+    }
     spec = mc.resolve_run(mc.validate(raw), "adv", 0)
-    args = ["-m", "methods", "train", "--spec", mc.spec_json(spec), "--device", "cpu", "--threads", "1",
-            "--no-progress", "--out", str(tmp_path / "two")]
-    proc = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node=2", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    args = [
+        "-m",
+        "methods",
+        "train",
+        "--spec",
+        mc.spec_json(spec),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "two"),
+    ]
+    proc = subprocess.Popen(
+        [torchrun, "--standalone", "--nproc_per_node=2", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
@@ -99,8 +143,9 @@ def test_minibatches_of_one_process_follow_the_paper_and_keep_the_remainder():
 def _piece_gradients_worker(rank: int, world: int, init_file: str, queue) -> None:
     """One rank of the exact-mean check: 17 rows split 8 / 9 as ShardedBatches cuts them, m = 2 pieces per rank."""
     import torch.distributed as dist
-    from methods import distributed
+
     from methods.salman import minibatches
+    from methods.train import distributed
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -112,7 +157,7 @@ def _piece_gradients_worker(rank: int, world: int, init_file: str, queue) -> Non
         rows, grads = [], []
         for xs, ys, share in minibatches(data[lo:hi], target[lo:hi], 2):
             model.zero_grad()
-            with distributed.gradient_share(model, share):
+            with collectives.gradient_share(model, share):
                 torch.nn.functional.mse_loss(model(xs), ys).backward()  # this rank's mean over its piece
             rows.append((len(xs), share))
             grads.append(model.module.weight.grad.tolist())
@@ -130,13 +175,11 @@ def test_multi_noise_pieces_under_ddp_average_to_the_exact_mean_of_each_step(tmp
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_piece_gradients_worker, args=(r, 2, str(tmp_path / "init"), queue))
-             for r in range(2)]
+    procs = [ctx.Process(target=_piece_gradients_worker, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
     for proc in procs:
         proc.start()
     try:
-        results = dict((r, (rows, grads, weight)) for r, rows, grads, weight in
-                       (queue.get(timeout=120) for _ in procs))
+        results = dict((r, (rows, grads, weight)) for r, rows, grads, weight in (queue.get(timeout=120) for _ in procs))
     finally:
         for proc in procs:
             proc.join(timeout=30)
@@ -164,14 +207,24 @@ def test_multi_noise_pieces_under_ddp_average_to_the_exact_mean_of_each_step(tmp
 def test_the_train_rule_launches_torchrun_for_several_processes(tmp_path):
     from test_workflow import snakemake
 
-    (tmp_path / "c.yaml").write_text("dataset: digits\nseeds: [0]\nruns:\n"
-                                     "  one: {method: cohen, hparams: {sigma: 0.25}}\n"
-                                     "  two: {method: cohen, hparams: {sigma: 0.25}, train: {processes: 2}}\n")
-    out = snakemake(tmp_path, "-n", "-p", "results/digits/one/seed0/model.pt", "results/digits/two/seed0/model.pt",
-                    "--configfile", str(tmp_path / "c.yaml"))
+    (tmp_path / "c.yaml").write_text(
+        "dataset: digits\nseeds: [0]\nruns:\n"
+        "  one: {method: cohen, hparams: {sigma: 0.25}}\n"
+        "  two: {method: cohen, hparams: {sigma: 0.25}, train: {processes: 2}}\n"
+    )
+    out = snakemake(
+        tmp_path,
+        "-n",
+        "-p",
+        "results/digits/one/seed0/model.pt",
+        "results/digits/two/seed0/model.pt",
+        "--configfile",
+        str(tmp_path / "c.yaml"),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    commands = [line.split("Shell command: ", 1)[-1].strip() for line in out.stdout.splitlines()
-                if "-m methods train" in line]
+    commands = [
+        line.split("Shell command: ", 1)[-1].strip() for line in out.stdout.splitlines() if "-m methods train" in line
+    ]
     assert len(commands) == 2
     assert any(c.startswith("torchrun --standalone --nproc_per_node=2 -m methods train") for c in commands)
     assert any(c.startswith("python -m methods train") for c in commands)

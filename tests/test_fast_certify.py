@@ -1,5 +1,6 @@
 """The certification fast path against the plain one: same noise, same counts in fp32; bf16 agreement; soundness of
 every smoothing certifier through the fast sampler; slots refilled by plans of different lengths."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,13 @@ import json
 import pytest
 import torch
 from scipy.stats import norm
-
-from methods.adaptive import adaptive_plan
-from methods.certify import certify_run, read_tsv
-from methods.sampling import FastSampler, FastSettings, plain_counts, run_plain
-from methods.smoothing import certify_plan, max_radius, t_certify_plan
-
 from test_smoothing import Constant, HalfSpace
+
+from methods.certify.adaptive import adaptive_plan
+from methods.certify.sampling import FastSampler, FastSettings, plain_counts, run_plain
+from methods.certify.smoothing import certify_plan, max_radius, t_certify_plan
+from methods.certify.step import certify_run
+from methods.core.tsv import read_tsv
 
 CPU = torch.device("cpu")
 
@@ -22,9 +23,10 @@ CPU = torch.device("cpu")
 def digits_model(tmp_path_factory):
     """A Cohen σ = 0.25 digits model trained to ≈ 90% (8 short epochs), and its spec."""
     from conftest import tiny_config
+
     from methods import config as mc
     from methods.checkpoint import load_checkpoint
-    from methods.train import train
+    from methods.train.loop import train
 
     spec = mc.resolve_run(tiny_config(epochs=8, lr=0.1, step_size=6, batch_size=64), "cohen-0.25", seed=0)
     path = train(spec, tmp_path_factory.mktemp("run"), device="cpu", progress=False)
@@ -33,7 +35,7 @@ def digits_model(tmp_path_factory):
 
 
 def _digits_images(count: int) -> torch.Tensor:
-    from methods import data
+    from methods.core import data
 
     test = data.load("digits", "test")
     return torch.stack([test[i][0] for i in range(count)])
@@ -71,8 +73,7 @@ def test_certify_run_fast_fp32_equals_plain(digits_model, tmp_path):
     frames = {}
     for fast in (False, True):
         cfg = {**spec["certify"], "fast": fast, "dtype": "float32", "compile": False, "n": 1000, "count": 6}
-        out = certify_run(path, {**spec, "certify": cfg}, tmp_path / f"fast{fast}.tsv", device="cpu",
-                          progress=False)
+        out = certify_run(path, {**spec, "certify": cfg}, tmp_path / f"fast{fast}.tsv", device="cpu", progress=False)
         frames[fast] = read_tsv(out)
         meta = json.loads(out.with_suffix(".json").read_text())
         assert meta["path"] == ("fast" if fast else "plain") and meta["dtype"] == "float32"
@@ -92,8 +93,9 @@ def test_bf16_predictions_agree_with_fp32_on_a_trained_digits_model(digits_model
     with torch.inference_mode():
         fp32 = model(noisy).argmax(1)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = model.to(memory_format=torch.channels_last)(noisy.contiguous(
-                memory_format=torch.channels_last)).argmax(1)
+            bf16 = model.to(memory_format=torch.channels_last)(
+                noisy.contiguous(memory_format=torch.channels_last)
+            ).argmax(1)
     agreement = (fp32 == bf16).float().mean().item()
     print(f"bf16 vs fp32 per-sample agreement on {len(noisy)} noisy digits: {agreement:.4%}")
     assert agreement >= 0.99
@@ -112,8 +114,9 @@ def test_compiled_fast_path_agrees_with_eager(digits_model):
     image = _digits_images(1)[0]
     results = {}
     for compile_ in (False, True):
-        sampler = FastSampler(model, 10, 0.25, 500, (1, 8, 8), CPU, FastSettings(torch.float32, compile=compile_,
-                                                                                max_batch=1000))
+        sampler = FastSampler(
+            model, 10, 0.25, 500, (1, 8, 8), CPU, FastSettings(torch.float32, compile=compile_, max_batch=1000)
+        )
         [(_, outcome)] = list(sampler.run([(0, image, torch.Generator().manual_seed(5), _counts_plan([3000]))]))
         results[compile_] = outcome.result[0]
         assert sampler.describe()["compile"] is compile_
@@ -131,9 +134,11 @@ def test_every_certifier_is_sound_on_the_fast_path(settings, plan, distance):
     sigma, n = 0.25, 20_000
     x = torch.full((1, 3, 3), 0.5)
     x[0, 0, 0] += distance
-    plans = {"cohen": lambda: certify_plan(100, n, sigma, 0.001),
-             "t-certify": lambda: t_certify_plan(100, n, sigma, 0.001),
-             "adaptive": lambda: adaptive_plan(100, n, sigma, 0.001, radii=[0.0, 0.025, 0.1, 0.15, 0.3, 0.35])}
+    plans = {
+        "cohen": lambda: certify_plan(100, n, sigma, 0.001),
+        "t-certify": lambda: t_certify_plan(100, n, sigma, 0.001),
+        "adaptive": lambda: adaptive_plan(100, n, sigma, 0.001, radii=[0.0, 0.025, 0.1, 0.15, 0.3, 0.35]),
+    }
     sampler = FastSampler(HalfSpace(0.5), 2, sigma, 2500, (1, 3, 3), CPU, settings)
     items = [(seed, x, torch.Generator().manual_seed(seed), plans[plan]()) for seed in range(4)]
     for _, outcome in sampler.run(items):
@@ -150,8 +155,11 @@ def test_constant_classifier_and_boundary_on_the_fast_path(settings):
     [(_, outcome)] = list(sampler.run([(0, torch.rand(1, 4, 4), None, certify_plan(10, n, sigma, alpha))]))
     assert outcome.result == (3, pytest.approx(max_radius(sigma, n, alpha), rel=1e-12))
     boundary = FastSampler(HalfSpace(0.5), 2, 0.25, 5000, (1, 3, 3), CPU, settings)
-    [(_, outcome)] = list(boundary.run([(0, torch.full((1, 3, 3), 0.5), torch.Generator().manual_seed(0),
-                                         certify_plan(100, 20_000, 0.25, 0.001))]))
+    [(_, outcome)] = list(
+        boundary.run(
+            [(0, torch.full((1, 3, 3), 0.5), torch.Generator().manual_seed(0), certify_plan(100, 20_000, 0.25, 0.001))]
+        )
+    )
     assert outcome.result == (-1, 0.0)
 
 

@@ -1,5 +1,6 @@
 """The training fast path (train.fast): device-resident data with on-device crop/flip, the fast step against the
 reference step, learning and exact mid-epoch resume on the fast path, its config keys, and compare_paths."""
+
 from __future__ import annotations
 
 import json
@@ -13,14 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_config
 from torch.utils.data import DataLoader, RandomSampler
 
 from methods import config as mc
-from methods import data, device_data, distributed, fast_train
-from methods.device_data import DeviceTrainSet, crop_and_flip
-from methods.train import STATE_FILE, build_training, train
-
-from conftest import tiny_config
+from methods.core import data
+from methods.train import device_data, distributed
+from methods.train import fast as fast_train
+from methods.train.build import build_training
+from methods.train.device_data import DeviceTrainSet, crop_and_flip
+from methods.train.loop import STATE_FILE, train
 
 
 def _weights(path):
@@ -41,7 +44,7 @@ def _candidates(image: torch.Tensor, padding: int, mode: str, flip: bool) -> dic
     for top in range(2 * padding + 1):
         for left in range(2 * padding + 1):
             crop = TF.crop(padded, top, left, size, size)
-            for flipped in ((False, True) if flip else (False,)):
+            for flipped in (False, True) if flip else (False,):
                 view = TF.horizontal_flip(crop) if flipped else crop
                 out[view.contiguous().numpy().tobytes()] = (top, left, flipped)
     return out
@@ -95,7 +98,10 @@ def test_augmentation_mirrors_what_data_load_applies():
     custom = {"crop_padding": 3, "padding_mode": "edge", "flip": True}
     assert device_data.augmentation("cifar10", custom) == custom
     assert device_data.augmentation("mnist", {"crop_padding": 1, "padding_mode": "edge", "flip": False}) == {
-        "crop_padding": 1, "padding_mode": "edge", "flip": False}
+        "crop_padding": 1,
+        "padding_mode": "edge",
+        "flip": False,
+    }
     assert device_data.augmentation("digits", {"crop_padding": 0, "padding_mode": "constant", "flip": False}) is None
 
 
@@ -164,13 +170,17 @@ def _digits_runs() -> dict:
     return {
         "cohen": {"method": "cohen", "hparams": {"sigma": 0.25}},
         "salman-pgd": {"method": "salman", "hparams": {"sigma": 0.25, "steps": 2, "num_noise": 2, "epsilon": 0.5}},
-        "salman-ddn": {"method": "salman", "hparams": {"sigma": 0.25, "attack": "ddn", "steps": 2, "num_noise": 1,
-                                                       "epsilon": 0.5}},
+        "salman-ddn": {
+            "method": "salman",
+            "hparams": {"sigma": 0.25, "attack": "ddn", "steps": 2, "num_noise": 1, "epsilon": 0.5},
+        },
         "macer": {"method": "macer", "hparams": {"sigma": 0.25, "k": 4}},
         "feng-adv": {"method": "feng", "hparams": {"sigma": 0.25, "k": 2, "adversarial": True, "steps": 2}},
         "bs": {"method": "backward_smoothing", "hparams": {"epsilon": 0.1, "step_size": 0.1}},
-        "linf": {"method": "linf_dist", "hparams": {"depth": 3, "width": 32, "scalar_std": 0.3765, "p_start": 1,
-                                                    "p_end": 2, "epochs": 3}},
+        "linf": {
+            "method": "linf_dist",
+            "hparams": {"depth": 3, "width": 32, "scalar_std": 0.3765, "p_start": 1, "p_end": 2, "epochs": 3},
+        },
     }
 
 
@@ -186,7 +196,12 @@ def _one_step(spec: dict, x, y):
     t.step_model.train()
     torch.manual_seed(123)  # the step's draws (noise, attack directions, ξ)
     result = t.step(t.step_model, t.optimizer, fast_train.prepare_input(x, t.path), y, t.hp, 2.5)
-    return t, float(result.loss.detach()), int(result.correct), {k: v.detach().clone() for k, v in t.model.state_dict().items()}
+    return (
+        t,
+        float(result.loss.detach()),
+        int(result.correct),
+        {k: v.detach().clone() for k, v in t.model.state_dict().items()},
+    )
 
 
 @pytest.mark.parametrize("run", list(_digits_runs()))
@@ -258,8 +273,18 @@ def test_plan_follows_method_model_dataset_and_device():
 
 
 def test_fast_path_training_learns_digits_and_records_its_path(tmp_path):
-    spec = mc.resolve_run(tiny_config(epochs=6, batch_size=32, schedule="constant", eval_each_epoch=True, fast=True,
-                                      augment={"crop_padding": 1, "padding_mode": "edge"}), "cohen-0.25", 0)
+    spec = mc.resolve_run(
+        tiny_config(
+            epochs=6,
+            batch_size=32,
+            schedule="constant",
+            eval_each_epoch=True,
+            fast=True,
+            augment={"crop_padding": 1, "padding_mode": "edge"},
+        ),
+        "cohen-0.25",
+        0,
+    )
     train(spec, tmp_path, device="cpu", progress=False)
     log = pd.read_csv(tmp_path / "train_log.tsv", sep="\t")
     assert log["test_accuracy"].iloc[-1] > 0.6  # chance is 0.1
@@ -270,10 +295,19 @@ def test_fast_path_training_learns_digits_and_records_its_path(tmp_path):
 
 
 def _resume_spec():
-    return mc.resolve_run(tiny_config(epochs=2, batch_size=64, lr=0.05, schedule="constant", fast=True,
-                                      checkpoint_every_steps=4,
-                                      augment={"crop_padding": 2, "padding_mode": "constant", "flip": True}),
-                          "cohen-0.25", seed=1)
+    return mc.resolve_run(
+        tiny_config(
+            epochs=2,
+            batch_size=64,
+            lr=0.05,
+            schedule="constant",
+            fast=True,
+            checkpoint_every_steps=4,
+            augment={"crop_padding": 2, "padding_mode": "constant", "flip": True},
+        ),
+        "cohen-0.25",
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -288,11 +322,11 @@ class Killed(Exception):
 
 
 @pytest.mark.parametrize("how", ["SIGUSR1", "kill"])
-def test_a_fast_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch, how,
-                                                                   uninterrupted_fast_run):
+def test_a_fast_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, monkeypatch, how, uninterrupted_fast_run):
     """Stopped in the 2nd epoch, in its 9th batch (the 30th overall): by SIGUSR1, which saves the state after that
-    batch, or by a crash, which leaves the last periodic state (after its 8th batch). The rerun replays the epoch's index order up to there,
-    restores the RNG of the on-device crop/flip and the noise, and ends bit-identical to an uninterrupted run."""
+    batch, or by a crash, which leaves the last periodic state (after its 8th batch). The rerun replays the epoch's
+    index order up to there, restores the RNG of the on-device crop/flip and the noise, and ends bit-identical to an
+    uninterrupted run."""
     from methods import cohen
 
     real, calls = cohen.objective, []
@@ -327,7 +361,7 @@ def test_a_fast_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, monk
 
 
 def test_the_fast_path_is_part_of_the_spec():
-    from methods.train import training_fingerprint
+    from methods.train.loop import training_fingerprint
 
     assert training_fingerprint(_spec("cohen")) != training_fingerprint(_spec("cohen", fast=True))
 
@@ -339,11 +373,19 @@ def test_the_fast_path_is_part_of_the_spec():
 def test_schema_accepts_and_refuses_the_fast_path_keys(tmp_path):
     defaults = tiny_config()["train"]
     assert defaults["fast"] is False and defaults["compile"] is None
-    for train_cfg in ({"fast": True}, {"fast": True, "compile": False}, {"fast": True, "compile": True},
-                      {"fast": False, "compile": None}):
+    for train_cfg in (
+        {"fast": True},
+        {"fast": True, "compile": False},
+        {"fast": True, "compile": True},
+        {"fast": False, "compile": None},
+    ):
         assert {k: tiny_config(**train_cfg)["train"][k] for k in train_cfg} == train_cfg
-    for bad, field in (({"fast": "yes"}, "train.fast"), ({"fast": 1}, "train.fast"),
-                       ({"compile": "max-autotune"}, "train.compile"), ({"fastt": True}, "train")):
+    for bad, field in (
+        ({"fast": "yes"}, "train.fast"),
+        ({"fast": 1}, "train.fast"),
+        ({"compile": "max-autotune"}, "train.compile"),
+        ({"fastt": True}, "train"),
+    ):
         with pytest.raises(mc.ConfigError, match=f"config error at {field}"):
             tiny_config(**bad)
     with pytest.raises(mc.ConfigError, match=r"runs\.cohen-0\.25\.train\.compile: compile: true needs fast: true"):
@@ -358,22 +400,27 @@ def test_schema_accepts_and_refuses_the_fast_path_keys(tmp_path):
 
 
 def test_compare_paths_times_both_paths_of_each_run_side_by_side():
-    from methods.bench_train import COMPARE_COLUMNS, TRAIN_SIZES, compare_paths, format_comparison
+    from methods.bench.train_cost import COMPARE_COLUMNS, TRAIN_SIZES, compare_paths, format_comparison
 
     specs = [_spec("cohen"), _spec("salman-pgd")]
     specs[1]["train"]["batch_size"] = 8
     for spec in specs:
         spec["model"]["arch"] = "small_cnn"  # any input size; the paper's ResNets would only make this slower
     rows = compare_paths(specs, "synthetic-cifar10", steps=1, warmup=0, device="cpu")
-    assert [(r["run"], r["path"]) for r in rows] == [("cohen", "reference"), ("cohen", "fast"),
-                                                      ("salman-pgd", "reference"), ("salman-pgd", "fast")]
+    assert [(r["run"], r["path"]) for r in rows] == [
+        ("cohen", "reference"),
+        ("cohen", "fast"),
+        ("salman-pgd", "reference"),
+        ("salman-pgd", "fast"),
+    ]
     for row in rows:
         assert tuple(row) == COMPARE_COLUMNS
         assert row["workload"] == f"train:synthetic-cifar10:{row['method']}"
         assert row["device"].startswith("cpu") and row["dtype"] == "float32" and row["peak_mem_mb"] is None
         assert row["sec_per_batch"] > 0 and row["items_per_sec"] == pytest.approx(row["batch"] / row["sec_per_batch"])
-        assert row["sec_per_epoch"] == pytest.approx(row["sec_per_batch"] * math.ceil(TRAIN_SIZES[
-            "synthetic-cifar10"] / row["batch"]))
+        assert row["sec_per_epoch"] == pytest.approx(
+            row["sec_per_batch"] * math.ceil(TRAIN_SIZES["synthetic-cifar10"] / row["batch"])
+        )
     for ref, fast in (rows[0:2], rows[2:4]):
         assert ref["speedup"] == 1.0 and not ref["compiled"]
         assert fast["speedup"] == pytest.approx(ref["sec_per_batch"] / fast["sec_per_batch"])

@@ -1,13 +1,13 @@
 """Feng et al.'s ADRE objective [reconstructed, METHODS.md §4] against Cohen's loss and a hand computation."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import linear_model
 
 from methods import cohen, feng
-
-from conftest import linear_model
 
 W = np.array([[1.0, -2.0, 0.5, 0.3], [-1.0, 1.0, 0.2, 0.5], [0.4, 0.0, -1.0, 1.0]])
 
@@ -55,7 +55,7 @@ def test_regularizer_gradient_pushes_the_strongest_wrong_class_down(batch):
     """A small gradient step on one example's regularizer lowers Ĝ of its strongest wrong class."""
     x, y, noise = batch
     for i in range(len(y)):
-        xi, yi, ni = x[i:i + 1], y[i:i + 1], noise[i:i + 1]
+        xi, yi, ni = x[i : i + 1], y[i : i + 1], noise[i : i + 1]
         model = linear_model(W)
 
         def wrong_winner():
@@ -63,8 +63,10 @@ def test_regularizer_gradient_pushes_the_strongest_wrong_class_down(batch):
             return feng.strongest_wrong_probability(probs, yi).item()
 
         before = wrong_winner()
-        regularizer = (feng.objective(model, xi, yi, ni, feng.Hparams(k=8, lam=1.0)).loss
-                       - feng.objective(model, xi, yi, ni, feng.Hparams(k=8, lam=0.0)).loss)
+        regularizer = (
+            feng.objective(model, xi, yi, ni, feng.Hparams(k=8, lam=1.0)).loss
+            - feng.objective(model, xi, yi, ni, feng.Hparams(k=8, lam=0.0)).loss
+        )
         regularizer.backward()
         with torch.no_grad():
             for p in model.parameters():

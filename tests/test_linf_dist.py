@@ -1,5 +1,6 @@
 """ℓ∞-distance nets (methods/linf_dist.py): the tiled kernel against the broadcast oracle, the model's structural
 properties (identity init, mean shift, 1-Lipschitz), certificates, losses by hand, schedules, units."""
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from methods import linf_dist as ld
-from methods.registry import HparamError
+from methods.core.interface import HparamError
+from methods.kernels import lp_dist as op
 
 INF = float("inf")
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -33,6 +35,7 @@ def _inputs(b, o, i, lo=-1.0, hi=1.0, seed=0, dtype=torch.float64):
 
 # ------------------------------------------------------------------------------------------------ the kernel
 
+
 @pytest.mark.parametrize("p", [1.0, 2.5, 8.0, 100.0, 1000.0, INF])
 @pytest.mark.parametrize("budget_elems", [2 * 13, 3 * 6 * 13])  # batch split (1 column/tile) / output split
 def test_chunked_matches_naive_values_and_grads(p, budget_elems):
@@ -40,22 +43,27 @@ def test_chunked_matches_naive_values_and_grads(p, budget_elems):
     # |x − w| ≤ 1.2 keeps the oracle's |v|^1000 finite in float64
     x, w, g = _inputs(b, o, i, -0.6, 0.6)
     budget = budget_elems * 8  # float64
-    bc, oc = ld.plan_chunks(b, o, i, 8, budget)
+    bc, oc = op.plan_chunks(b, o, i, 8, budget)
     assert math.ceil(b / bc) * math.ceil(o / oc) > 1, "the test must force several tiles"
-    ours = _grads(ld.lp_dist, x, w, p, g, chunk_bytes=budget)
-    oracle = _grads(ld.naive_lp_dist, x, w, p, g)
+    ours = _grads(op.lp_dist, x, w, p, g, chunk_bytes=budget)
+    oracle = _grads(op.naive_lp_dist, x, w, p, g)
     for a, e in zip(ours, oracle):
         assert torch.isfinite(e).all() and e.abs().max() > 0
         torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12)
 
 
 def test_tiles_cover_every_pair_once_and_respect_budget():
-    for b, o, i, budget, buffers in [(512, 5120, 5120, 256 * 2**20, 1), (512, 5120, 5120, 8 * 2**20, 2),
-                                     (7, 5, 3, 40, 1), (3, 10, 100, 10**9, 2), (9, 4, 50, 401 * 4, 1)]:
-        bc, oc = ld.plan_chunks(b, o, i, 4, budget, buffers)
+    for b, o, i, budget, buffers in [
+        (512, 5120, 5120, 256 * 2**20, 1),
+        (512, 5120, 5120, 8 * 2**20, 2),
+        (7, 5, 3, 40, 1),
+        (3, 10, 100, 10**9, 2),
+        (9, 4, 50, 401 * 4, 1),
+    ]:
+        bc, oc = op.plan_chunks(b, o, i, 4, budget, buffers)
         assert bc * oc * i * 4 * buffers <= max(budget, i * 4 * buffers)
         seen = torch.zeros(b, o, dtype=torch.int64)
-        for bs, os_ in ld._tiles(b, o, bc, oc):
+        for bs, os_ in op._tiles(b, o, bc, oc):
             seen[bs, os_] += 1
         assert (seen == 1).all()
 
@@ -64,13 +72,13 @@ def test_inf_backward_sends_the_gradient_to_the_first_tied_argmax():
     x = torch.tensor([[1.0, -1.0, 0.5], [-2.0, 2.0, 2.0]], dtype=torch.float64, requires_grad=True)
     w = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
     g = torch.tensor([[3.0], [5.0]], dtype=torch.float64)
-    out, gx, gw = _grads(ld.lp_dist, x, w, INF, g)
+    out, gx, gw = _grads(op.lp_dist, x, w, INF, g)
     torch.testing.assert_close(out, torch.tensor([[1.0], [2.0]], dtype=torch.float64))
     # row 0: |v| = (1, 1, .5), first argmax 0, sign +; row 1: |v| = (2, 2, 2), first argmax 0, sign −
     torch.testing.assert_close(gx, torch.tensor([[3.0, 0, 0], [-5.0, 0, 0]], dtype=torch.float64))
     torch.testing.assert_close(gw, torch.tensor([[-3.0 + 5.0, 0, 0]], dtype=torch.float64))
     # the documented difference: autograd's amax splits the gradient evenly across ties
-    _, nx, _ = _grads(ld.naive_lp_dist, x, w, INF, g)
+    _, nx, _ = _grads(op.naive_lp_dist, x, w, INF, g)
     torch.testing.assert_close(nx, torch.tensor([[1.5, -1.5, 0], [-5 / 3, 5 / 3, 5 / 3]], dtype=torch.float64))
 
 
@@ -81,7 +89,7 @@ def test_zero_distance_gives_zero_value_and_gradient(p, dtype):
     w = torch.cat([x.detach()[:1], torch.ones(1, 4, dtype=dtype)]).requires_grad_()  # pairs (0,0) and (1,1): 0
     g = torch.zeros(2, 2, dtype=dtype)
     g[0, 0] = g[1, 1] = 1.0
-    out, gx, gw = _grads(ld.lp_dist, x, w, p, g)
+    out, gx, gw = _grads(op.lp_dist, x, w, p, g)
     assert out[0, 0] == 0 and out[1, 1] == 0
     assert torch.isfinite(out).all()
     assert (gx == 0).all() and (gw == 0).all()
@@ -92,14 +100,14 @@ def test_large_p_is_stable_where_the_naive_norm_overflows(dtype):
     x, w, _ = _inputs(4, 5, 64, -300.0, 300.0, seed=1, dtype=dtype)
     p = 1000.0
     with torch.no_grad():
-        assert not torch.isfinite(ld.naive_lp_dist(x, w, p)).all()  # |v|^1000 overflows
-        inf_norm = ld.lp_dist(x, w, INF)
-    out = ld.lp_dist(x, w, p)
+        assert not torch.isfinite(op.naive_lp_dist(x, w, p)).all()  # |v|^1000 overflows
+        inf_norm = op.lp_dist(x, w, INF)
+    out = op.lp_dist(x, w, p)
     # ‖v‖∞ ≤ ‖v‖_p ≤ n^{1/p} ‖v‖∞
     assert (out >= inf_norm * (1 - 1e-6)).all() and (out <= inf_norm * 64 ** (1 / p) * (1 + 1e-6)).all()
     # the gradient of a norm has dual norm 1: ‖∇_v ‖v‖_p‖_q = 1 with 1/p + 1/q = 1
     xv = x[:1].detach().requires_grad_()
-    (gx,) = torch.autograd.grad(ld.lp_dist(xv, w[:1].detach(), p).sum(), xv)
+    (gx,) = torch.autograd.grad(op.lp_dist(xv, w[:1].detach(), p).sum(), xv)
     assert torch.isfinite(gx).all()
     q = p / (p - 1)
     assert float(gx.abs().pow(q).sum().pow(1 / q)) == pytest.approx(1.0, rel=1e-4)
@@ -107,12 +115,12 @@ def test_large_p_is_stable_where_the_naive_norm_overflows(dtype):
 
 def test_rejects_p_below_one():
     with pytest.raises(ValueError):
-        ld.lp_dist(torch.zeros(1, 2), torch.zeros(1, 2), 0.5)
+        op.lp_dist(torch.zeros(1, 2), torch.zeros(1, 2), 0.5)
 
 
 MEMORY_SCRIPT = textwrap.dedent("""
     import resource, torch
-    from methods.linf_dist import lp_dist
+    from methods.kernels.lp_dist import lp_dist
     torch.set_num_threads(1)  # steadier on a shared machine
     x = torch.randn(32, 2048, requires_grad=True); w = torch.randn(2048, 2048, requires_grad=True)
     lp_dist(x[:2], w[:8], 8.0).sum().backward()  # warm up the allocator and kernels
@@ -126,8 +134,13 @@ MEMORY_SCRIPT = textwrap.dedent("""
 def test_peak_memory_stays_far_below_the_naive_tensor():
     """32 × 2048 × 2048 float32 = 512 MiB naive; the tiled layer with an 8 MiB budget must stay well under it
     (what remains is x, W, their gradients and the B × out outputs / indices)."""
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, check=True,
-                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]),
+    )
     growth = int(out.stdout.strip().splitlines()[-1])
     assert growth < 128 * 2**20, f"peak RSS grew by {growth / 2**20:.0f} MiB"
 
@@ -136,18 +149,19 @@ def test_peak_memory_stays_far_below_the_naive_tensor():
 def test_cuda_matches_cpu():
     x, w, g = _inputs(8, 9, 33, seed=3, dtype=torch.float32)
     for p in (8.0, INF):
-        cpu = _grads(ld.lp_dist, x, w, p, g, chunk_bytes=4 * 33 * 9)
+        cpu = _grads(op.lp_dist, x, w, p, g, chunk_bytes=4 * 33 * 9)
         xc, wc = x.detach().cuda().requires_grad_(), w.detach().cuda().requires_grad_()
-        gpu = _grads(ld.lp_dist, xc, wc, p, g.cuda(), chunk_bytes=4 * 33 * 9)
+        gpu = _grads(op.lp_dist, xc, wc, p, g.cuda(), chunk_bytes=4 * 33 * 9)
         for a, e in zip(gpu, cpu):
             torch.testing.assert_close(a.cpu(), e, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ the model
 
+
 def _model(depth=4, width=64, shape=(3, 4, 4), seed=0, **kw):
     torch.manual_seed(seed)
-    return ld.LinfDistMLP(shape, 10, depth, width, CIFAR_MEAN[:shape[0]], STD, **kw)
+    return ld.LinfDistMLP(shape, 10, depth, width, CIFAR_MEAN[: shape[0]], STD, **kw)
 
 
 def _pixels(n, shape=(3, 4, 4), seed=1):
@@ -156,8 +170,9 @@ def _pixels(n, shape=(3, 4, 4), seed=1):
 
 def _layer_io(model, x):
     io = []
-    hooks = [layer.register_forward_hook(lambda m, i, o: io.append((i[0].detach(), o.detach())))
-             for layer in model.layers]
+    hooks = [
+        layer.register_forward_hook(lambda m, i, o: io.append((i[0].detach(), o.detach()))) for layer in model.layers
+    ]
     model(x)
     for h in hooks:
         h.remove()
@@ -187,7 +202,7 @@ def test_mean_shift_is_not_detached_and_updates_the_running_mean():
     layer = ld.LinfDistLayer(5, 6, mean_shift=True, bias=False).train()
     x = torch.randn(8, 5, requires_grad=True)
     with torch.no_grad():
-        u = ld.lp_dist(x, layer.weight, INF)
+        u = op.lp_dist(x, layer.weight, INF)
     out = layer(x)
     torch.testing.assert_close(layer.running_mean, 0.1 * u.mean(0))
     # with the batch mean subtracted inside autograd, each column of the output sums to 0 whatever x is,
@@ -324,6 +339,7 @@ def test_radius_and_margin_rule_by_hand():
 
 # ------------------------------------------------------------------------------------------------ losses, units
 
+
 def test_theta_is_in_network_units():
     assert ld.theta(ld.Hparams()) == pytest.approx(2 * 0.09411 / 0.2009, abs=1e-12)
     assert ld.theta(ld.Hparams()) == pytest.approx(0.9369, abs=1e-4)  # logged by the official code as eps 0.4684
@@ -380,6 +396,7 @@ def test_step_objective_sets_p_and_checks_the_std():
 
 # ------------------------------------------------------------------------------------------------ schedules
 
+
 def test_p_schedule_edges_and_geometric_midpoint():
     hp = ld.Hparams()  # 8 until 100, → 1000 at 1250, then ∞
     assert ld.p_at(0.0, hp) == 8.0
@@ -389,7 +406,7 @@ def test_p_schedule_edges_and_geometric_midpoint():
     assert ld.p_at(1250.0 - 1e-6, hp) == pytest.approx(1000.0, rel=1e-6)
     assert ld.p_at(1250.0, hp) == INF and ld.p_at(1299.99, hp) == INF
     # per mini-batch: epoch 387 batch 49 of 98 is a quarter of the way → 8 · 125^{1/4}
-    assert ld.p_at(387 + 49 / 98, hp) == pytest.approx(8.0 * 125 ** 0.25)
+    assert ld.p_at(387 + 49 / 98, hp) == pytest.approx(8.0 * 125**0.25)
 
 
 def test_lambda_schedule_edges_and_midpoint():
@@ -411,8 +428,19 @@ def test_hparams_defaults_and_paper_settings():
     assert ld.paper_hparams("v1-cifar10-8/255").loss == "v1"
 
 
-@pytest.mark.parametrize("field,value", [("loss", "v3"), ("eps_train", 0.0), ("p0", 0.5), ("p1", 4.0),
-                                         ("p_end", 50), ("epochs", 1000), ("lambda_end", 0.0), ("depth", 1)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("loss", "v3"),
+        ("eps_train", 0.0),
+        ("p0", 0.5),
+        ("p1", 4.0),
+        ("p_end", 50),
+        ("epochs", 1000),
+        ("lambda_end", 0.0),
+        ("depth", 1),
+    ],
+)
 def test_hparams_reject_bad_values(field, value):
     with pytest.raises(HparamError):
         ld.Hparams(**{field: value})
@@ -459,7 +487,7 @@ def test_v1_train_step_decays_between_backward_and_the_adam_step(monkeypatch):
 
 
 def test_cosine_after_a_constant_phase():
-    from methods.train import build_scheduler
+    from methods.train.build import build_scheduler
 
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     sched = build_scheduler(opt, {"schedule": "cosine", "cosine_start": 2, "epochs": 6})
@@ -468,4 +496,6 @@ def test_cosine_after_a_constant_phase():
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs == pytest.approx([1, 1, 1, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))])
+    assert lrs == pytest.approx(
+        [1, 1, 1, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))]
+    )

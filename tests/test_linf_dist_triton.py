@@ -4,10 +4,11 @@ values, grad_x and grad_W at p = 8, p = ∞ (ties included), p = 1 and p = 1000,
 The kernels run three ways here:
 * on CUDA (skipped without a GPU): compiled, at the module's BLOCKS, and through linf_dist.lp_dist's dispatch;
 * on the CPU through Triton's interpreter, in a subprocess (TRITON_INTERPRET=1 must be set before @triton.jit runs
-  when methods.linf_dist_triton is imported): the same kernel source with 4-wide tiles on tiny shapes, so the
+  when methods.kernels.lp_dist_triton is imported): the same kernel source with 4-wide tiles on tiny shapes, so the
   masking, multi-tile and tie logic is tested without a GPU;
 * compiled ahead of time for sm_90 (no GPU needed): what only the real compiler rejects (types, layouts).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from methods import linf_dist as ld
+from methods.kernels import lp_dist as ld
 
 INF = float("inf")
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,13 +29,15 @@ NEEDS = ((True, True), (True, False), (False, True))  # which of x, W require gr
 
 try:
     import triton  # noqa: F401
+
     HAVE_TRITON = True
 except ImportError:  # pragma: no cover
     HAVE_TRITON = False
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(),
-                          reason="no CUDA device: the compiled Triton kernels need one (the interpreter test covers "
-                                 "their logic on CPU)")
+cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA device: the compiled Triton kernels need one (the interpreter test covers their logic on CPU)",
+)
 
 
 def _case(b, o, i, kind, seed=0, device="cpu"):
@@ -70,7 +73,7 @@ def _chunked(x, w, p):
 
 def compare_with_chunked(cases, device, needs=NEEDS):
     """Assert the Triton path equals the chunked path on every (b, o, i, p, kind) case; returns the count checked."""
-    from methods import linf_dist_triton as lt
+    from methods.kernels import lp_dist_triton as lt
 
     checked = 0
     for b, o, i, p, kind in cases:
@@ -116,7 +119,7 @@ def _interpreter_main():
     """Run in a subprocess with TRITON_INTERPRET=1 and METHODS_LINF_TRITON=0; prints a JSON summary."""
     import numpy as np
 
-    from methods import linf_dist_triton as lt
+    from methods.kernels import lp_dist_triton as lt
 
     assert lt.INTERPRET, "the kernels were not built for the interpreter"
     assert not lt.available(torch.zeros(2, 2)), "the interpreter must never be picked by the dispatch"
@@ -131,8 +134,7 @@ def _interpreter_main():
 def test_interpreter_kernels_match_the_chunked_path_on_cpu():
     env = {**os.environ, "TRITON_INTERPRET": "1", "METHODS_LINF_TRITON": "0"}
     code = "import sys; sys.path.insert(0, 'tests'); import test_linf_dist_triton as t; t._interpreter_main()"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, f"interpreter run failed:\n{out.stdout}\n{out.stderr[-4000:]}"
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["checked"] == 2 * len(NEEDS) + len(INTERPRETER_CASES) - 2
@@ -140,6 +142,7 @@ def test_interpreter_kernels_match_the_chunked_path_on_cpu():
 
 
 # ------------------------------------------------------------------------------------------------ CPU: compiler
+
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
 def test_kernels_compile_for_an_nvidia_gpu_ahead_of_time():
@@ -149,27 +152,39 @@ def test_kernels_compile_for_an_nvidia_gpu_ahead_of_time():
         from triton.compiler import ASTSource
     except ImportError as e:  # pragma: no cover - an older Triton
         pytest.skip(f"this Triton has no ahead-of-time API: {e}")
-    from methods import linf_dist_triton as lt
+    from methods.kernels import lp_dist_triton as lt
 
     if lt.INTERPRET:
         pytest.skip("TRITON_INTERPRET is set: the kernels are interpreted functions")
     b = lt.BLOCKS
-    kernels = [(lt._fwd_inf_kernel, dict(BLOCK_B=b["fwd_b"], BLOCK_O=b["fwd_o"])),
-               (lt._fwd_p_kernel, dict(BLOCK_B=b["fwd_b"], BLOCK_O=b["fwd_o"])),
-               (lt._bwd_p_x_kernel, dict(BLOCK_B=b["bwd_rows"], BLOCK_K=b["bwd_k"])),
-               (lt._bwd_p_w_kernel, dict(BLOCK_O=b["bwd_rows"], BLOCK_K=b["bwd_k"])),
-               (lt._bwd_inf_kernel, dict(NEED_X=True, NEED_W=True, BLOCK=b["scatter"]))]
+    kernels = [
+        (lt._fwd_inf_kernel, dict(BLOCK_B=b["fwd_b"], BLOCK_O=b["fwd_o"])),
+        (lt._fwd_p_kernel, dict(BLOCK_B=b["fwd_b"], BLOCK_O=b["fwd_o"])),
+        (lt._bwd_p_x_kernel, dict(BLOCK_B=b["bwd_rows"], BLOCK_K=b["bwd_k"])),
+        (lt._bwd_p_w_kernel, dict(BLOCK_O=b["bwd_rows"], BLOCK_K=b["bwd_k"])),
+        (lt._bwd_inf_kernel, dict(NEED_X=True, NEED_W=True, BLOCK=b["scatter"])),
+    ]
     for fn, constexprs in kernels:
-        signature = {a: "constexpr" if a in constexprs else
-                     ("*i32" if a == "idx_ptr" else "*fp32") if a.endswith("_ptr") else
-                     "fp32" if a in ("p", "pm1") else "i32" for a in fn.arg_names}
-        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                                  target=GPUTarget("cuda", 90, 32), options=lt._launch())
+        signature = {
+            a: "constexpr"
+            if a in constexprs
+            else ("*i32" if a == "idx_ptr" else "*fp32")
+            if a.endswith("_ptr")
+            else "fp32"
+            if a in ("p", "pm1")
+            else "i32"
+            for a in fn.arg_names
+        }
+        compiled = triton.compile(
+            ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+            target=GPUTarget("cuda", 90, 32),
+            options=lt._launch(),
+        )
         assert compiled.asm.get("cubin"), f"{fn.__name__}: no cubin"
 
 
 def test_available_only_for_cuda_float32():
-    from methods import linf_dist_triton as lt
+    from methods.kernels import lp_dist_triton as lt
 
     assert not lt.available(torch.zeros(3, 4))  # CPU
     assert not lt.available("not a tensor")
@@ -181,11 +196,18 @@ def test_available_only_for_cuda_float32():
 
 # ------------------------------------------------------------------------------------------------ CUDA
 
-CUDA_CASES = [(b, o, i, p, "randn") for b, o, i in [(1, 1, 1), (3, 5, 7), (70, 130, 67), (64, 64, 64),
-                                                    (129, 65, 300), (257, 200, 1000)]
-              for p in (8.0, INF)]
-CUDA_CASES += [(100, 90, 50, INF, "ties"), (65, 130, 33, INF, "ties"), (100, 90, 50, 8.0, "ties"),
-               (40, 50, 60, 1.0, "randn"), (40, 50, 60, 1000.0, "randn")]
+CUDA_CASES = [
+    (b, o, i, p, "randn")
+    for b, o, i in [(1, 1, 1), (3, 5, 7), (70, 130, 67), (64, 64, 64), (129, 65, 300), (257, 200, 1000)]
+    for p in (8.0, INF)
+]
+CUDA_CASES += [
+    (100, 90, 50, INF, "ties"),
+    (65, 130, 33, INF, "ties"),
+    (100, 90, 50, 8.0, "ties"),
+    (40, 50, 60, 1.0, "randn"),
+    (40, 50, 60, 1000.0, "randn"),
+]
 
 
 @cuda
@@ -198,7 +220,7 @@ def test_cuda_kernels_match_the_chunked_path():
 @cuda
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
 def test_cuda_dispatch_and_switch(monkeypatch):
-    from methods import linf_dist_triton as lt
+    from methods.kernels import lp_dist_triton as lt
 
     calls = []
     real = lt._LpDistTriton.apply

@@ -1,15 +1,15 @@
 """MACER's objective against a hand computation (numpy + scipy) on a fixed linear model with fixed noise."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import linear_model
 from scipy.stats import norm
 
 from methods import macer
-from methods.registry import HparamError
-
-from conftest import linear_model
+from methods.core.interface import HparamError
 
 W = np.array([[2.0, -1.0, 0.5, 0.0], [-1.0, 1.5, 0.0, 0.5], [0.0, 0.0, -1.0, 1.0]])
 
@@ -72,11 +72,16 @@ def test_hinge_vanishes_beyond_gamma(batch):
 
 
 def test_robustness_terms_exclude_misclassified_and_non_finite():
-    z_hat = torch.tensor([[0.7, 0.2, 0.1],    # right (y=0), ξ finite: kept
-                          [0.7, 0.2, 0.1],    # wrong (y=1): excluded
-                          [1.0, 0.0, 0.0],    # right but Φ⁻¹(1) = ∞: excluded
-                          [0.34, 0.33, 0.33]],  # right, tiny ξ: kept
-                         dtype=torch.float64, requires_grad=True)
+    z_hat = torch.tensor(
+        [
+            [0.7, 0.2, 0.1],  # right (y=0), ξ finite: kept
+            [0.7, 0.2, 0.1],  # wrong (y=1): excluded
+            [1.0, 0.0, 0.0],  # right but Φ⁻¹(1) = ∞: excluded
+            [0.34, 0.33, 0.33],
+        ],  # right, tiny ξ: kept
+        dtype=torch.float64,
+        requires_grad=True,
+    )
     y = torch.tensor([0, 1, 0, 0])
     terms = macer.robustness_terms(z_hat, y, sigma=0.5, gamma=8.0)
     expected = [0.25 * (8 - (norm.ppf(0.7) - norm.ppf(0.2))), 0.25 * (8 - (norm.ppf(0.34) - norm.ppf(0.33)))]

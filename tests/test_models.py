@@ -1,10 +1,11 @@
 """Models take [0, 1] pixels and normalise in their first layer (METHODS.md §0), with the papers' constants."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from methods import data, models
+from methods.core import data, models
 
 
 def test_normalization_constants_are_cohens():
@@ -15,8 +16,10 @@ def test_normalization_constants_are_cohens():
     assert data.info("imagenet").std == (0.229, 0.224, 0.225)
 
 
-@pytest.mark.parametrize("mode,expected", [("standard", lambda x, m, s: (x - m) / s),
-                                           ("center", lambda x, m, s: x - m), ("none", lambda x, m, s: x)])
+@pytest.mark.parametrize(
+    "mode,expected",
+    [("standard", lambda x, m, s: (x - m) / s), ("center", lambda x, m, s: x - m), ("none", lambda x, m, s: x)],
+)
 def test_normalize_modes(mode, expected):
     layer = models.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), mode)
     x = torch.rand(2, 3, 4, 4)
@@ -40,8 +43,10 @@ def test_resnet110_is_cohens_cifar_network():
     assert sum(p.numel() for p in net.parameters()) == pytest.approx(1.73e6, rel=0.01)
 
 
-@pytest.mark.parametrize("arch,dataset,shape", [("small_cnn", "digits", (1, 8, 8)), ("lenet", "mnist", (1, 28, 28)),
-                                                ("cifar_resnet20", "cifar10", (3, 32, 32))])
+@pytest.mark.parametrize(
+    "arch,dataset,shape",
+    [("small_cnn", "digits", (1, 8, 8)), ("lenet", "mnist", (1, 28, 28)), ("cifar_resnet20", "cifar10", (3, 32, 32))],
+)
 def test_models_map_pixels_to_logits(arch, dataset, shape):
     assert models.build(arch, dataset)(torch.rand(3, *shape)).shape == (3, 10)
 
@@ -65,6 +70,8 @@ def test_adversarial_training_models_have_the_literatures_shapes(arch, blocks, p
 def test_normalization_constants_can_be_overridden_and_a_scalar_std_is_shared():
     model = models.build("small_cnn", "cifar10", "standard", mean=[0.5, 0.5, 0.5], std=0.2)
     norm = model[0]
-    assert norm.mean.flatten().tolist() == pytest.approx([0.5] * 3) and norm.std.flatten().tolist() == pytest.approx([0.2] * 3)
+    assert norm.mean.flatten().tolist() == pytest.approx([0.5] * 3) and norm.std.flatten().tolist() == pytest.approx(
+        [0.2] * 3
+    )
     with pytest.raises(ValueError, match="3 channels"):
         models.build("small_cnn", "cifar10", "standard", mean=[0.5])

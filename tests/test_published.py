@@ -1,4 +1,5 @@
 """workflow/resources/published.csv against hand-copied METHODS.md values, and the loader's validation."""
+
 from __future__ import annotations
 
 import csv
@@ -6,8 +7,8 @@ import math
 
 import pytest
 
-from methods import published as pub
 from methods.registry import METHODS
+from methods.report import published as pub
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +18,12 @@ def frame():
 
 def one(frame, paper, dataset, setting, metric, radius=None):
     """The single row of a published number (radius None = a row without radius)."""
-    rows = frame[(frame["paper"] == paper) & (frame["dataset"] == dataset) & (frame["setting"] == setting)
-                 & (frame["metric"] == metric)]
+    rows = frame[
+        (frame["paper"] == paper)
+        & (frame["dataset"] == dataset)
+        & (frame["setting"] == setting)
+        & (frame["metric"] == metric)
+    ]
     if radius is None:
         rows = rows[rows["radius"].isna()]
     else:
@@ -29,10 +34,25 @@ def one(frame, paper, dataset, setting, metric, radius=None):
 
 # --- the shipped file ---------------------------------------------------------------------------------------------
 
+
 def test_shipped_csv_loads_with_exact_columns(frame):
     assert tuple(frame.columns) == pub.COLUMNS
-    assert pub.COLUMNS == ("paper", "source", "dataset", "method", "setting", "sigma", "epsilon", "metric", "radius",
-                           "value", "certifier", "hardware", "status", "note")
+    assert pub.COLUMNS == (
+        "paper",
+        "source",
+        "dataset",
+        "method",
+        "setting",
+        "sigma",
+        "epsilon",
+        "metric",
+        "radius",
+        "value",
+        "certifier",
+        "hardware",
+        "status",
+        "note",
+    )
     with open(pub.PUBLISHED_CSV, newline="", encoding="utf-8") as fh:
         lines = list(csv.reader(fh))
     assert tuple(lines[0]) == pub.COLUMNS
@@ -126,11 +146,14 @@ def test_linf_dist_published_matches_method_module(frame):
     """methods.linf_dist.PAPER carries the README's percentages too: the two transcriptions must agree."""
     from methods import linf_dist
 
-    names = {"v2-mnist-0.1": ("zhang2022", "mnist", "eps=0.1"), "v2-mnist-0.3": ("zhang2022", "mnist", "eps=0.3"),
-             "v2-cifar10-2/255": ("zhang2022", "cifar10", "eps=2/255"),
-             "v2-cifar10-8/255": ("zhang2022", "cifar10", "eps=8/255"),
-             "v2-cifar10-16/255": ("zhang2022", "cifar10", "eps=16/255"),
-             "v1-cifar10-8/255": ("zhang2021", "cifar10", "net eps=8/255")}
+    names = {
+        "v2-mnist-0.1": ("zhang2022", "mnist", "eps=0.1"),
+        "v2-mnist-0.3": ("zhang2022", "mnist", "eps=0.3"),
+        "v2-cifar10-2/255": ("zhang2022", "cifar10", "eps=2/255"),
+        "v2-cifar10-8/255": ("zhang2022", "cifar10", "eps=8/255"),
+        "v2-cifar10-16/255": ("zhang2022", "cifar10", "eps=16/255"),
+        "v1-cifar10-8/255": ("zhang2021", "cifar10", "net eps=8/255"),
+    }
     checked = 0
     for name, entry in linf_dist.PAPER.items():
         if name not in names or entry.get("published") is None:
@@ -155,7 +178,7 @@ def test_timing_rows(frame):
     timing = frame[frame["source"] == "Table 3"]
     assert len(timing) == 18 and set(timing["metric"]) == {"sec_per_epoch", "epochs", "total_hours"}
     assert (timing["sigma"] == 0.25).all() and set(timing["certifier"]) == {""}
-    for (dataset, setting), group in timing.groupby(["dataset", "setting"]):
+    for (_dataset, setting), group in timing.groupby(["dataset", "setting"]):
         by = dict(zip(group["metric"], group["value"]))
         assert by["total_hours"] == pytest.approx(by["sec_per_epoch"] * by["epochs"] / 3600, abs=0.006), setting
     # Table 3's ACR column duplicates Tables 1/2: stored once, as Table 1/2 rows.
@@ -192,8 +215,7 @@ def test_macer_imagenet_status(frame):
 
 
 def test_certifiers_by_metric(frame):
-    l2 = frame[frame["method"].isin(["cohen", "salman", "macer"])
-               & frame["metric"].isin(["certified_accuracy", "acr"])]
+    l2 = frame[frame["method"].isin(["cohen", "salman", "macer"]) & frame["metric"].isin(["certified_accuracy", "acr"])]
     assert set(l2["certifier"]) == {"cohen"} and l2["epsilon"].isna().all()
     assert set(frame[frame["metric"] == "clean_accuracy"]["certifier"]) == {""}
     assert (frame[frame["metric"] == "clean_accuracy"]["radius"] == 0).all()
@@ -202,6 +224,7 @@ def test_certifiers_by_metric(frame):
 
 
 # --- select / settings_of -----------------------------------------------------------------------------------------
+
 
 def test_select_and_settings(frame):
     assert ("macer2020", "cifar10", "MACER-0.50") in pub.settings_of(frame)
@@ -216,12 +239,45 @@ def test_select_and_settings(frame):
 # --- validation ---------------------------------------------------------------------------------------------------
 
 GOOD = [
-    dict(paper="p", source="Table 1", dataset="cifar10", method="cohen", setting="sigma=0.25", sigma="0.25",
-         metric="certified_accuracy", radius="0.5", value="0.6", certifier="cohen", status="verified"),
-    dict(paper="p", source="Table 1", dataset="cifar10", method="cohen", setting="sigma=0.25", sigma="0.25",
-         metric="acr", value="0.42", certifier="cohen", status="verified", note="a, with comma"),
-    dict(paper="q", source="README", dataset="mnist", method="linf_dist", setting="eps=0.3", epsilon="0.3",
-         metric="certified_accuracy", radius="0.3", value="0.93", certifier="linf-margin", status="unverified"),
+    dict(
+        paper="p",
+        source="Table 1",
+        dataset="cifar10",
+        method="cohen",
+        setting="sigma=0.25",
+        sigma="0.25",
+        metric="certified_accuracy",
+        radius="0.5",
+        value="0.6",
+        certifier="cohen",
+        status="verified",
+    ),
+    dict(
+        paper="p",
+        source="Table 1",
+        dataset="cifar10",
+        method="cohen",
+        setting="sigma=0.25",
+        sigma="0.25",
+        metric="acr",
+        value="0.42",
+        certifier="cohen",
+        status="verified",
+        note="a, with comma",
+    ),
+    dict(
+        paper="q",
+        source="README",
+        dataset="mnist",
+        method="linf_dist",
+        setting="eps=0.3",
+        epsilon="0.3",
+        metric="certified_accuracy",
+        radius="0.3",
+        value="0.93",
+        certifier="linf-margin",
+        status="unverified",
+    ),
 ]
 
 
@@ -241,17 +297,20 @@ def test_small_good_csv_loads(tmp_path):
     assert frame.loc[0, "hardware"] == ""
 
 
-@pytest.mark.parametrize("row, change, column, message", [
-    (2, dict(metric="accuracy"), "metric", "unknown metric"),
-    (3, dict(status="checked"), "status", "unknown status"),
-    (1, dict(method="randomized"), "method", "unknown method"),
-    (1, dict(value="1.5"), "value", r"\[0, 1\]"),
-    (3, dict(value="93.09"), "value", r"\[0, 1\]"),
-    (1, dict(sigma=""), "sigma", "sigma"),
-    (1, dict(radius=""), "radius", "radius"),
-    (2, dict(value="x"), "value", "not a number"),
-    (3, dict(certifier="margin"), "certifier", "unknown certifier"),
-])
+@pytest.mark.parametrize(
+    "row, change, column, message",
+    [
+        (2, dict(metric="accuracy"), "metric", "unknown metric"),
+        (3, dict(status="checked"), "status", "unknown status"),
+        (1, dict(method="randomized"), "method", "unknown method"),
+        (1, dict(value="1.5"), "value", r"\[0, 1\]"),
+        (3, dict(value="93.09"), "value", r"\[0, 1\]"),
+        (1, dict(sigma=""), "sigma", "sigma"),
+        (1, dict(radius=""), "radius", "radius"),
+        (2, dict(value="x"), "value", "not a number"),
+        (3, dict(certifier="margin"), "certifier", "unknown certifier"),
+    ],
+)
 def test_validation_errors_name_row_and_column(tmp_path, row, change, column, message):
     rows = [dict(r) for r in GOOD]
     rows[row - 1].update(change)

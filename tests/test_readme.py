@@ -1,4 +1,5 @@
 """The README's two commands are what CI and users run: keep .ci/run on the README's test command."""
+
 from __future__ import annotations
 
 import re

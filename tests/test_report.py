@@ -1,4 +1,5 @@
 """Metrics by hand, summary.csv columns, tables and figure files."""
+
 from __future__ import annotations
 
 import json
@@ -7,17 +8,27 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from methods.report import average_certified_radius, certified_accuracy, cost_table, curves, report, summarize
+from methods.report.build import report
+from methods.report.figures import curves
+from methods.report.summary import average_certified_radius, certified_accuracy, summarize
+from methods.report.tables import cost_table
 
-ROWS = pd.DataFrame({  # correct, radius: two certified, one wrong (radius zeroed), one abstain, one correct at r=0.2
-    "idx": [0, 1, 2, 3, 4], "label": [1, 2, 3, 4, 5], "predict": [1, 2, 0, -1, 5],
-    "radius": [0.5, 1.0, 0.0, 0.0, 0.2], "correct": [1, 1, 0, 0, 1], "time": [0.1] * 5})
+ROWS = pd.DataFrame(
+    {  # correct, radius: two certified, one wrong (radius zeroed), one abstain, one correct at r=0.2
+        "idx": [0, 1, 2, 3, 4],
+        "label": [1, 2, 3, 4, 5],
+        "predict": [1, 2, 0, -1, 5],
+        "radius": [0.5, 1.0, 0.0, 0.0, 0.2],
+        "correct": [1, 1, 0, 0, 1],
+        "time": [0.1] * 5,
+    }
+)
 
 
 def test_acr_and_certified_accuracy_by_hand():
     assert average_certified_radius(ROWS) == pytest.approx((0.5 + 1.0 + 0.2) / 5)
     assert certified_accuracy(ROWS, 0.0) == pytest.approx(3 / 5)
-    assert certified_accuracy(ROWS, 0.2) == pytest.approx(3 / 5)   # radius ≥ r counts
+    assert certified_accuracy(ROWS, 0.2) == pytest.approx(3 / 5)  # radius ≥ r counts
     assert certified_accuracy(ROWS, 0.21) == pytest.approx(2 / 5)
     assert certified_accuracy(ROWS, 1.0) == pytest.approx(1 / 5)
     assert certified_accuracy(ROWS, 1.01) == 0.0
@@ -30,34 +41,74 @@ def test_acr_ignores_radii_of_wrong_predictions():
     assert certified_accuracy(frame, 0.8) == pytest.approx(1 / 5)
 
 
-def _fake_results(root: Path, runs: dict[str, tuple[float, list[list[float]]]], method: str = "cohen",
-                  certifier: str = "cohen") -> list[Path]:
+def _fake_results(
+    root: Path, runs: dict[str, tuple[float, list[list[float]]]], method: str = "cohen", certifier: str = "cohen"
+) -> list[Path]:
     """results/<dataset>/<run>/seed<s>/certify/cohen.{tsv,json} + train_log.tsv, one radius list per seed."""
     tsvs = []
     for run, (sigma, seeds) in runs.items():
         for seed, radii in enumerate(seeds):
             d = root / "digits" / run / f"seed{seed}"
             (d / "certify").mkdir(parents=True, exist_ok=True)
-            frame = pd.DataFrame({"idx": range(len(radii)), "label": 0, "predict": 0, "radius": radii,
-                                  "correct": [int(r > 0) for r in radii], "time": 0.5})
+            frame = pd.DataFrame(
+                {
+                    "idx": range(len(radii)),
+                    "label": 0,
+                    "predict": 0,
+                    "radius": radii,
+                    "correct": [int(r > 0) for r in radii],
+                    "time": 0.5,
+                }
+            )
             frame.to_csv(d / "certify" / f"{certifier}.tsv", sep="\t", index=False)
-            (d / "certify" / f"{certifier}.json").write_text(json.dumps({
-                "sigma": sigma, "n0": 100, "n": 1000, "alpha": 0.001, "max_radius": 2.0,
-                "subset": {"start": 0, "skip": 1, "count": None, "examples": len(radii)},
-                "model_info": {"method": method, "device": "cpu"}, "provenance": {"device_name": "cpu (test)"}}))
+            (d / "certify" / f"{certifier}.json").write_text(
+                json.dumps(
+                    {
+                        "sigma": sigma,
+                        "n0": 100,
+                        "n": 1000,
+                        "alpha": 0.001,
+                        "max_radius": 2.0,
+                        "subset": {"start": 0, "skip": 1, "count": None, "examples": len(radii)},
+                        "model_info": {"method": method, "device": "cpu"},
+                        "provenance": {"device_name": "cpu (test)"},
+                    }
+                )
+            )
             pd.DataFrame({"epoch": [1, 2], "train_seconds": [1.0, 3.0], "eval_seconds": [0.5, 0.5]}).to_csv(
-                d / "train_log.tsv", sep="\t", index=False)
+                d / "train_log.tsv", sep="\t", index=False
+            )
             tsvs.append(d / "certify" / f"{certifier}.tsv")
     return tsvs
 
 
 def test_summary_tables_and_figure(tmp_path):
-    tsvs = _fake_results(tmp_path / "results", {"cohen-0.25": (0.25, [[0.3, 0.6, 0.0, 0.9], [0.3, 0.0, 0.0, 0.9]]),
-                                                "cohen-0.50": (0.5, [[1.2, 0.1, 0.0, 0.0]])})
+    tsvs = _fake_results(
+        tmp_path / "results",
+        {
+            "cohen-0.25": (0.25, [[0.3, 0.6, 0.0, 0.9], [0.3, 0.0, 0.0, 0.9]]),
+            "cohen-0.50": (0.5, [[1.2, 0.1, 0.0, 0.0]]),
+        },
+    )
     summary = summarize(tsvs, [0.0, 0.5], tmp_path / "summary.csv")
-    for column in ("dataset", "run", "method", "seed", "certifier", "norm", "sigma", "clean_acc", "acr",
-                   "certified_acc@0.00", "certified_acc@0.50", "train_sec_per_epoch", "epochs", "train_hours",
-                   "certify_sec_per_example", "device"):
+    for column in (
+        "dataset",
+        "run",
+        "method",
+        "seed",
+        "certifier",
+        "norm",
+        "sigma",
+        "clean_acc",
+        "acr",
+        "certified_acc@0.00",
+        "certified_acc@0.50",
+        "train_sec_per_epoch",
+        "epochs",
+        "train_hours",
+        "certify_sec_per_example",
+        "device",
+    ):
         assert column in summary.columns, column
     row = summary[(summary["run"] == "cohen-0.25") & (summary["seed"] == 0)].iloc[0]
     assert row["clean_acc"] == 0.75 and row["certified_acc@0.50"] == 0.5
@@ -66,22 +117,32 @@ def test_summary_tables_and_figure(tmp_path):
     assert row["train_eval_sec_per_epoch"] == 2.5
 
     written = report(tmp_path / "summary.csv", tmp_path / "figures", tmp_path / "tables", radius_max=1.5)
-    assert {p.name for p in written} == {"certified_accuracy.png", "certified_accuracy.pdf",
-                                         "certified_accuracy.csv", "certified_accuracy.md", "certified_accuracy.tex",
-                                         "timing.csv", "timing.md", "timing.tex",
-                                         "envelope.csv", "envelope.md", "envelope.tex",
-                                         "certification_cost.csv", "certification_cost.md",
-                                         "certification_cost.tex"}
+    assert {p.name for p in written} == {
+        "certified_accuracy.png",
+        "certified_accuracy.pdf",
+        "certified_accuracy.csv",
+        "certified_accuracy.md",
+        "certified_accuracy.tex",
+        "timing.csv",
+        "timing.md",
+        "timing.tex",
+        "envelope.csv",
+        "envelope.md",
+        "envelope.tex",
+        "certification_cost.csv",
+        "certification_cost.md",
+        "certification_cost.tex",
+    }
     assert all(p.stat().st_size > 0 for p in written)
     table = pd.read_csv(tmp_path / "tables" / "certified_accuracy.csv")
     seeds_mean = table.set_index("model").loc["cohen-0.25"]
     assert seeds_mean["0.00"] == pytest.approx((0.75 + 0.5) / 2)  # averaged over the two seeds
     assert seeds_mean["seeds"] == 2
     tex = (tmp_path / "tables" / "certified_accuracy.tex").read_text()
-    assert r"\textbf{0.62}" in tex          # best clean accuracy in bold: cohen-0.25's mean 0.625
+    assert r"\textbf{0.62}" in tex  # best clean accuracy in bold: cohen-0.25's mean 0.625
     # r = 0.5: cohen-0.25 has 0.5 and 0.25 over its seeds (mean 0.375, best); cohen-0.50 has 0.25 (plain).
     assert r"\textbf{0.38}" in tex and "cohen-0.50 & cohen & 0.50 & 0.50 & 0.25 &" in tex
-    assert r"\textbf{0.375}" in tex        # best ACR, 3 decimals: (1.8/4 + 1.2/4) / 2
+    assert r"\textbf{0.375}" in tex  # best ACR, 3 decimals: (1.8/4 + 1.2/4) / 2
     assert "4 test images" in (tmp_path / "tables" / "certified_accuracy.md").read_text()
 
 
@@ -125,16 +186,18 @@ def test_tables_keep_runs_without_a_sigma(tmp_path):
     """ℓ∞ methods have no σ: pandas drops NaN group keys unless told not to."""
     tsvs = _fake_results(tmp_path / "results", {"cohen-0.25": (0.25, [[0.3, 0.0]]), "linf": (None, [[0.1, 0.2]])})
     summary = summarize(tsvs, [0.0], tmp_path / "summary.csv")
-    from methods.report import accuracy_table
+    from methods.report.tables import accuracy_table
 
     assert set(accuracy_table(summary)["model"]) == {"cohen-0.25", "linf"}
 
 
 def test_tables_footnote_reconstructed_methods_certifiers_and_run_notes(tmp_path):
     root = tmp_path / "results"
-    tsvs = (_fake_results(root, {"cohen-0.25": (0.25, [[0.3, 0.0]])})
-            + _fake_results(root, {"feng-0.25": (0.25, [[0.4, 0.1]])}, method="feng")
-            + _fake_results(root, {"feng-0.25": (0.25, [[0.5, 0.1]])}, method="feng", certifier="t-certify"))
+    tsvs = (
+        _fake_results(root, {"cohen-0.25": (0.25, [[0.3, 0.0]])})
+        + _fake_results(root, {"feng-0.25": (0.25, [[0.4, 0.1]])}, method="feng")
+        + _fake_results(root, {"feng-0.25": (0.25, [[0.5, 0.1]])}, method="feng", certifier="t-certify")
+    )
     summary = summarize(tsvs, [0.0], tmp_path / "summary.csv", notes={"cohen-0.25": "lambda_x unverified & 50%"})
     assert summary.set_index(["run", "certifier"]).loc[("feng-0.25", "t-certify"), "source"].startswith("reconstructed")
     report(tmp_path / "summary.csv", tmp_path / "figures", tmp_path / "tables", radius_max=1.0)
@@ -149,10 +212,15 @@ def test_tables_footnote_reconstructed_methods_certifiers_and_run_notes(tmp_path
 
 
 def test_envelope_takes_the_best_run_at_each_radius(tmp_path):
-    tsvs = _fake_results(tmp_path / "results", {"cohen-0.25": (0.25, [[0.3, 0.6, 0.0, 0.9], [0.3, 0.0, 0.0, 0.9]]),
-                                                "cohen-0.50": (0.5, [[1.2, 0.1, 0.0, 0.0]])})
+    tsvs = _fake_results(
+        tmp_path / "results",
+        {
+            "cohen-0.25": (0.25, [[0.3, 0.6, 0.0, 0.9], [0.3, 0.0, 0.0, 0.9]]),
+            "cohen-0.50": (0.5, [[1.2, 0.1, 0.0, 0.0]]),
+        },
+    )
     summary = summarize(tsvs, [0.0, 0.5, 1.0], tmp_path / "summary.csv")
-    from methods.report import envelope_table
+    from methods.report.tables import envelope_table
 
     row = envelope_table(summary).iloc[0]
     assert (row["method"], row["certifier"], row["runs"]) == ("cohen", "cohen", 2)
@@ -162,12 +230,14 @@ def test_envelope_takes_the_best_run_at_each_radius(tmp_path):
 
 
 def test_best_and_last_checkpoints_are_told_apart_and_the_best_is_marked_test_selected(tmp_path):
-    last = _fake_results(tmp_path / "results", {"bs": (None, [[0.1, 0.0, 0.2]])}, method="backward_smoothing",
-                         certifier="pgd20")[0]
+    last = _fake_results(
+        tmp_path / "results", {"bs": (None, [[0.1, 0.0, 0.2]])}, method="backward_smoothing", certifier="pgd20"
+    )[0]
     best_dir = last.parent.parent / "certify-best"
     best_dir.mkdir()
-    pd.DataFrame({"idx": [0, 1, 2], "label": 0, "predict": 0, "radius": [0.2, 0.2, 0.0], "correct": [1, 1, 0],
-                  "time": 0.5}).to_csv(best_dir / "pgd20.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        {"idx": [0, 1, 2], "label": 0, "predict": 0, "radius": [0.2, 0.2, 0.0], "correct": [1, 1, 0], "time": 0.5}
+    ).to_csv(best_dir / "pgd20.tsv", sep="\t", index=False)
     meta = json.loads(last.with_suffix(".json").read_text())
     meta["model_info"].update(checkpoint="best", best_epoch=7, selected_by="PGD-20 accuracy on test images 0-2559")
     (best_dir / "pgd20.json").write_text(json.dumps(meta))

@@ -1,4 +1,5 @@
 """SmoothAdv (Salman et al. 2019): the attack on the soft smoothed classifier, its warm-up, and the training step."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,9 @@ import math
 import pytest
 import torch
 
-from methods import cohen, models, salman
-from methods.registry import HparamError
+from methods import cohen, salman
+from methods.core import models
+from methods.core.interface import HparamError
 
 
 def _model(seed=0):

@@ -1,4 +1,5 @@
 """Cohen's CERTIFY / PREDICT against closed forms: constant classifiers, linear classifiers, remainder chunks."""
+
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import beta, norm
 
-from methods.smoothing import Smooth, lower_confidence_bound, max_radius
+from methods.certify.smoothing import Smooth, lower_confidence_bound, max_radius
 
 
 class Constant(torch.nn.Module):
@@ -53,8 +54,10 @@ def test_max_radius_matches_methods_md():
         assert max_radius(sigma, 100_000, 0.001) == pytest.approx(cliff, abs=6e-4)
 
 
-@pytest.mark.parametrize("successes,trials,alpha", [(0, 100, 0.001), (1, 100, 0.001), (990, 1000, 0.05),
-                                                    (100_000, 100_000, 0.001), (51_234, 100_000, 0.001)])
+@pytest.mark.parametrize(
+    "successes,trials,alpha",
+    [(0, 100, 0.001), (1, 100, 0.001), (990, 1000, 0.05), (100_000, 100_000, 0.001), (51_234, 100_000, 0.001)],
+)
 def test_clopper_pearson_lower_bound_equals_beta_quantile(successes, trials, alpha):
     expected = 0.0 if successes == 0 else beta.ppf(alpha, successes, trials - successes + 1)
     assert lower_confidence_bound(successes, trials, alpha) == pytest.approx(expected, rel=1e-10, abs=1e-15)
@@ -84,8 +87,9 @@ def test_linear_classifier_certificate_is_sound_and_tight(distance):
     x = torch.full((1, 3, 3), 0.5)
     x[0, 0, 0] += distance
     smooth = Smooth(HalfSpace(0.5), 2, sigma)
-    prediction, radius = smooth.certify(x, n0=100, n=n, alpha=alpha, batch_size=25_000,
-                                        generator=torch.Generator().manual_seed(1))
+    prediction, radius = smooth.certify(
+        x, n0=100, n=n, alpha=alpha, batch_size=25_000, generator=torch.Generator().manual_seed(1)
+    )
     assert prediction == 1
     assert radius <= distance
     # p̂A is within a few standard errors of Φ(d/σ); the bound costs ≈ 3.1 standard errors at α = 0.001.
@@ -96,8 +100,9 @@ def test_linear_classifier_certificate_is_sound_and_tight(distance):
     x_adv = x.clone()
     x_adv[0, 0, 0] = 0.5 - 0.1
     assert torch.linalg.vector_norm(x_adv - x) == pytest.approx(distance + 0.1)
-    assert smooth.predict(x_adv, n=20_000, alpha=0.001, batch_size=20_000,
-                          generator=torch.Generator().manual_seed(2)) == 0
+    assert (
+        smooth.predict(x_adv, n=20_000, alpha=0.001, batch_size=20_000, generator=torch.Generator().manual_seed(2)) == 0
+    )
 
 
 def test_predict_returns_top_class_when_clear():

@@ -1,5 +1,6 @@
 """Feng et al.'s T-CERTIFY [reconstructed, METHODS.md §4]: bounds against scipy, the worked example, agreement with
 CERTIFY, split validation, and a false-certificate simulation that has the power to catch broken rules."""
+
 from __future__ import annotations
 
 import math
@@ -9,14 +10,22 @@ import pytest
 import torch
 from scipy.stats import beta, norm
 
-from methods.smoothing import (Smooth, default_split_grid, lower_confidence_bound, t_certify_counts,
-                               t_certify_counts_grid, two_sided_radius, upper_confidence_bound)
+from methods.certify.smoothing import (
+    Smooth,
+    default_split_grid,
+    lower_confidence_bound,
+    t_certify_counts,
+    t_certify_counts_grid,
+    two_sided_radius,
+    upper_confidence_bound,
+)
 
 ABSTAIN = Smooth.ABSTAIN
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Independent references (scipy only, no code from methods.smoothing)
+
 
 def cp_lower(k: int, n: int, alpha: float) -> float:
     return 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
@@ -32,8 +41,10 @@ def reference_t_certify(sel, est, sigma, alpha, split):
     a, b = order[0], order[1]
     n = sum(est)
     p_lower = cp_lower(est[a], n, alpha * split[0])
-    p_upper = max(cp_upper(est[b], n, alpha * split[1]),
-                  0.0 if len(sel) == 2 else cp_upper(n - est[a] - est[b], n, alpha * split[2]))
+    p_upper = max(
+        cp_upper(est[b], n, alpha * split[1]),
+        0.0 if len(sel) == 2 else cp_upper(n - est[a] - est[b], n, alpha * split[2]),
+    )
     if p_lower <= p_upper:
         return ABSTAIN, 0.0
     return a, sigma / 2 * (norm.ppf(p_lower) - norm.ppf(p_upper))
@@ -47,9 +58,19 @@ def same(got, expected, rel=1e-12):
 # ---------------------------------------------------------------------------------------------------------------------
 # Bounds and the radius formula
 
-@pytest.mark.parametrize("k,n,alpha", [(0, 100, 0.001), (1, 100, 0.001), (900, 100_000, 0.001 / 3),
-                                       (100, 100_000, 0.001 / 3), (37, 50, 0.05), (999, 1000, 0.01),
-                                       (51_234, 100_000, 0.001)])
+
+@pytest.mark.parametrize(
+    "k,n,alpha",
+    [
+        (0, 100, 0.001),
+        (1, 100, 0.001),
+        (900, 100_000, 0.001 / 3),
+        (100, 100_000, 0.001 / 3),
+        (37, 50, 0.05),
+        (999, 1000, 0.01),
+        (51_234, 100_000, 0.001),
+    ],
+)
 def test_upper_bound_equals_beta_quantile(k, n, alpha):
     assert upper_confidence_bound(k, n, alpha) == pytest.approx(beta.ppf(1 - alpha, k + 1, n - k), rel=1e-10)
 
@@ -77,8 +98,9 @@ def test_upper_bound_coverage_by_simulation():
 @pytest.mark.parametrize("p_lower", [0.5000001, 0.6, 0.9, 0.99, 0.999_9, 1 - 1e-9])
 @pytest.mark.parametrize("sigma", [0.12, 0.5, 1.0])
 def test_two_sided_radius_with_complement_is_cohens(p_lower, sigma):
-    assert two_sided_radius(p_lower, 1 - p_lower, sigma) == pytest.approx(sigma * norm.ppf(p_lower), rel=1e-12,
-                                                                          abs=1e-12)
+    assert two_sided_radius(p_lower, 1 - p_lower, sigma) == pytest.approx(
+        sigma * norm.ppf(p_lower), rel=1e-12, abs=1e-12
+    )
 
 
 def test_two_sided_radius_formula():
@@ -112,8 +134,10 @@ def test_worked_example_certify():
     _, radius = CountsSmooth([SEL3, EST3], 3).certify(torch.zeros(1), 100, N, ALPHA, 1000)
     assert radius == pytest.approx(expected, rel=1e-10)
     # T-CERTIFY with all of α on A and p̄ = 1 − p̲A is CERTIFY exactly.
-    assert t_certify_counts(SEL3, EST3, 1.0, ALPHA, (1, 0, 0), others="complement") == (0, pytest.approx(radius,
-                                                                                                          rel=1e-12))
+    assert t_certify_counts(SEL3, EST3, 1.0, ALPHA, (1, 0, 0), others="complement") == (
+        0,
+        pytest.approx(radius, rel=1e-12),
+    )
 
 
 def test_worked_example_complement_rule_never_beats_certify():
@@ -137,8 +161,10 @@ def test_worked_example_three_way_split():
         assert radius == pytest.approx(sigma * expected, rel=1e-10)
         assert radius == pytest.approx(sigma * 2.3052, rel=1e-3)
     # Through the Smooth method, on the same counts.
-    assert CountsSmooth([SEL3, EST3], 3).t_certify(torch.zeros(1), 100, N, ALPHA, 1000) == \
-        (0, pytest.approx(expected, rel=1e-10))
+    assert CountsSmooth([SEL3, EST3], 3).t_certify(torch.zeros(1), 100, N, ALPHA, 1000) == (
+        0,
+        pytest.approx(expected, rel=1e-10),
+    )
     # The rest is pooled: spreading its 100 draws over 8 classes gives the same certificate.
     est10 = [N_A, N_B] + [13] * 4 + [12] * 4
     sel10 = [97, 2, 1] + [0] * 7
@@ -148,6 +174,7 @@ def test_worked_example_three_way_split():
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Agreement with CERTIFY and with the sampled counts
+
 
 class Recording(Smooth):
     def __init__(self, *args):
@@ -168,8 +195,10 @@ def tiny_model():
     return model
 
 
-@pytest.mark.parametrize("pixels,seed,certifies", [((0.9, 0.5, 0.2, 0.0), 0, True), ((0.6, 0.5, 0.4, 0.0), 1, False),
-                                                   ((0.2, 0.3, 0.8, 0.0), 2, True)])
+@pytest.mark.parametrize(
+    "pixels,seed,certifies",
+    [((0.9, 0.5, 0.2, 0.0), 0, True), ((0.6, 0.5, 0.4, 0.0), 1, False), ((0.2, 0.3, 0.8, 0.0), 2, True)],
+)
 def test_smooth_t_certify_sees_certifys_counts(pixels, seed, certifies):
     """Same generator seed → t_certify and certify draw identical selection and estimation counts; on them,
     T-CERTIFY with α_A = α and p̄ = 1 − p̲A is CERTIFY exactly."""
@@ -178,8 +207,9 @@ def test_smooth_t_certify_sees_certifys_counts(pixels, seed, certifies):
     smooth = Recording(tiny_model(), 3, sigma)
     certified = smooth.certify(x, n0, n, alpha, batch, generator=torch.Generator().manual_seed(seed))
     t_result = smooth.t_certify(x, n0, n, alpha, batch, generator=torch.Generator().manual_seed(seed))
-    grid_result = smooth.t_certify_grid(x, n0, n, alpha, batch, default_split_grid(4),
-                                        generator=torch.Generator().manual_seed(seed))
+    grid_result = smooth.t_certify_grid(
+        x, n0, n, alpha, batch, default_split_grid(4), generator=torch.Generator().manual_seed(seed)
+    )
     assert len(smooth.drawn) == 6
     sel, est = smooth.drawn[0], smooth.drawn[1]
     assert smooth.drawn[2:4] == [sel, est] and smooth.drawn[4:6] == [sel, est]
@@ -232,6 +262,7 @@ def test_pooled_rule_matches_reference_on_random_counts():
 # ---------------------------------------------------------------------------------------------------------------------
 # Abstention and the returned class
 
+
 def test_abstains_when_a_and_b_are_indistinguishable():
     assert t_certify_counts([50, 50, 0], [5000, 5000, 0], 0.5, 0.001) == (ABSTAIN, 0.0)
     assert t_certify_counts([50, 49, 1], [5050, 4900, 50], 0.5, 0.001) == (ABSTAIN, 0.0)
@@ -257,25 +288,31 @@ def test_two_classes_rest_is_empty():
     sel, est = [70, 30], [8000, 2000]
     split = (0.5, 0.5, 0.0)
     p_lower, p_upper = cp_lower(8000, 10_000, 0.0005), cp_upper(2000, 10_000, 0.0005)
-    assert t_certify_counts(sel, est, 1.0, 0.001, split) == \
-        (0, pytest.approx((norm.ppf(p_lower) - norm.ppf(p_upper)) / 2, rel=1e-12))
+    assert t_certify_counts(sel, est, 1.0, 0.001, split) == (
+        0,
+        pytest.approx((norm.ppf(p_lower) - norm.ppf(p_upper)) / 2, rel=1e-12),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Split validation
 
-@pytest.mark.parametrize("split,num_classes,match", [
-    ((0.5, 0.5, 0.5), 3, "sum to 1"),
-    ((0.3, 0.3, 0.3), 3, "sum to 1"),
-    ((1.2, -0.1, -0.1), 3, "non-negative"),
-    ((0.0, 0.5, 0.5), 3, r"split\[0\]"),
-    ((0.5, 0.0, 0.5), 3, r"split\[1\]"),
-    ((0.5, 0.5, 0.0), 3, r"split\[2\]"),
-    ((0.5, 0.5, 0.0), 10, r"split\[2\]"),
-    ((0.5, 0.5), 3, "three parts"),
-    ((0.25, 0.25, 0.25, 0.25), 3, "three parts"),
-    ((float("nan"), 0.5, 0.5), 3, "finite"),
-])
+
+@pytest.mark.parametrize(
+    "split,num_classes,match",
+    [
+        ((0.5, 0.5, 0.5), 3, "sum to 1"),
+        ((0.3, 0.3, 0.3), 3, "sum to 1"),
+        ((1.2, -0.1, -0.1), 3, "non-negative"),
+        ((0.0, 0.5, 0.5), 3, r"split\[0\]"),
+        ((0.5, 0.0, 0.5), 3, r"split\[1\]"),
+        ((0.5, 0.5, 0.0), 3, r"split\[2\]"),
+        ((0.5, 0.5, 0.0), 10, r"split\[2\]"),
+        ((0.5, 0.5), 3, "three parts"),
+        ((0.25, 0.25, 0.25, 0.25), 3, "three parts"),
+        ((float("nan"), 0.5, 0.5), 3, "finite"),
+    ],
+)
 def test_invalid_splits_are_rejected(split, num_classes, match):
     sel, est = [10] * num_classes, [100] * num_classes
     with pytest.raises(ValueError, match=match):
@@ -308,6 +345,7 @@ def test_other_invalid_arguments():
 # ---------------------------------------------------------------------------------------------------------------------
 # The paper-style grid
 
+
 @pytest.mark.parametrize("size", [3, 4, 5, 7])
 def test_default_split_grid_is_a_simplex_lattice(size):
     grid = default_split_grid(size)
@@ -339,11 +377,13 @@ def test_grid_runs_each_split_at_alpha_over_grid_size(size):
     third = t_certify_counts(SEL3, EST3, 1.0, ALPHA)[1]
     assert t_certify_counts(SEL3, EST3, 1.0, ALPHA / len(grid))[1] < third
     assert t_certify_counts_grid(SEL3, EST3, 1.0, ALPHA, grid)[1] >= max(
-        t_certify_counts(SEL3, EST3, 1.0, ALPHA / len(grid), s)[1] for s in grid)
+        t_certify_counts(SEL3, EST3, 1.0, ALPHA / len(grid), s)[1] for s in grid
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # False-certificate simulation: a "classifier" with known class probabilities
+
 
 def false_certificate_rate(rule, p, n0, n, alpha, trials, seed):
     """Fraction of trials whose certificate is false: wrong class, or a radius above the true one (σ = 1)."""
@@ -392,8 +432,9 @@ def allowed(trials, alpha=SIM_ALPHA):
 @pytest.mark.parametrize("p,n0,n", SCENARIOS)
 def test_t_certify_false_certificate_rate_is_at_most_alpha(p, n0, n):
     trials = 2000
-    rate, certified = false_certificate_rate(lambda s, e, a: t_certify_counts(s, e, 1.0, a), p, n0, n, SIM_ALPHA,
-                                             trials, seed=10)
+    rate, certified = false_certificate_rate(
+        lambda s, e, a: t_certify_counts(s, e, 1.0, a), p, n0, n, SIM_ALPHA, trials, seed=10
+    )
     assert certified > 0.3  # the certifier is not vacuous: it certifies often, and is still sound
     assert rate <= allowed(trials)
 
@@ -401,8 +442,9 @@ def test_t_certify_false_certificate_rate_is_at_most_alpha(p, n0, n):
 @pytest.mark.parametrize("p,n0,n", SCENARIOS)
 def test_grid_false_certificate_rate_is_at_most_alpha(p, n0, n):
     trials, grid = 800, default_split_grid(4)
-    rate, certified = false_certificate_rate(lambda s, e, a: t_certify_counts_grid(s, e, 1.0, a, grid), p, n0, n,
-                                             SIM_ALPHA, trials, seed=11)
+    rate, certified = false_certificate_rate(
+        lambda s, e, a: t_certify_counts_grid(s, e, 1.0, a, grid), p, n0, n, SIM_ALPHA, trials, seed=11
+    )
     assert certified > 0.3
     assert rate <= allowed(trials)
 

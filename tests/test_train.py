@@ -1,4 +1,5 @@
 """The shared training loop: Cohen's objective, logging, atomic checkpoints, exact resume after a kill."""
+
 from __future__ import annotations
 
 import os
@@ -11,12 +12,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 
 from methods import cohen, load_checkpoint
 from methods import config as mc
-from methods.train import LOG_COLUMNS, STATE_FILE, train
-
-from conftest import tiny_config
+from methods.train.loop import LOG_COLUMNS, STATE_FILE, train
 
 
 class Interrupt(Exception):
@@ -99,11 +99,14 @@ def test_a_changed_spec_does_not_resume_stale_state(tmp_path, tiny_spec, capsys)
     assert load_checkpoint(tmp_path / "model.pt")[1]["hparams"] == {"sigma": 0.5}
 
 
-@pytest.mark.parametrize("schedule,extra,expected", [
-    ("multistep", {"milestones": [1, 2]}, [0.05, 0.005, 0.0005]),
-    ("cosine", {}, [0.05, 0.0375, 0.0125]),
-    ("constant", {}, [0.05, 0.05, 0.05]),
-])
+@pytest.mark.parametrize(
+    "schedule,extra,expected",
+    [
+        ("multistep", {"milestones": [1, 2]}, [0.05, 0.005, 0.0005]),
+        ("cosine", {}, [0.05, 0.0375, 0.0125]),
+        ("constant", {}, [0.05, 0.05, 0.05]),
+    ],
+)
 def test_schedules(tmp_path, schedule, extra, expected):
     spec = mc.resolve_run(tiny_config(schedule=schedule, **extra), "cohen-0.25", seed=0)
     train(spec, tmp_path, device="cpu", progress=False)
@@ -128,7 +131,7 @@ def test_noisy_training_learns_digits(tmp_path):
 
 def test_bench_train_times_each_methods_own_step():
     """bench-train runs every method's real train_step (SmoothAdv's attack included) and reports ratios."""
-    from methods.bench_train import bench, format_rows
+    from methods.bench.train_cost import bench, format_rows
 
     raw = mc.yaml.safe_load((mc.DEFAULT_CONFIG).read_text())
     cfg = mc.validate(raw)
@@ -142,11 +145,13 @@ def test_bench_train_times_each_methods_own_step():
 
 def test_train_steps_see_their_progress_in_epochs(monkeypatch):
     """train_step gets epoch + fraction of the epoch's batches done: per-batch schedules (ℓ∞-dist p) need it."""
-    from methods import train as train_module
+    from methods.train import build as train_module
 
     seen = []
     real = train_module.default_train_step
-    monkeypatch.setattr(train_module, "default_train_step", lambda method, *a: (seen.append(a[-1]), real(method, *a))[1])
+    monkeypatch.setattr(
+        train_module, "default_train_step", lambda method, *a: (seen.append(a[-1]), real(method, *a))[1]
+    )
     spec = mc.resolve_run(tiny_config(epochs=2, batch_size=512, eval_each_epoch=False), "cohen-0.25", seed=0)
     import tempfile
 
@@ -157,8 +162,13 @@ def test_train_steps_see_their_progress_in_epochs(monkeypatch):
 
 def _select_spec(epochs=4):
     """A tiny backward-smoothing digits run that also keeps its best epoch by PGD accuracy on 64 test images."""
-    raw = tiny_config(epochs=epochs, batch_size=64, lr=0.05, schedule="constant",
-                      select_best={"eps": 0.1, "step_size": 0.025, "steps": 5, "images": 64})
+    raw = tiny_config(
+        epochs=epochs,
+        batch_size=64,
+        lr=0.05,
+        schedule="constant",
+        select_best={"eps": 0.1, "step_size": 0.025, "steps": 5, "images": 64},
+    )
     raw["runs"] = {"bs": {"method": "backward_smoothing", "hparams": {"epsilon": 0.1, "step_size": 0.1}}}
     return mc.resolve_run(mc.validate(raw), "bs", seed=0)
 
@@ -166,7 +176,7 @@ def _select_spec(epochs=4):
 def test_select_best_keeps_the_epoch_with_the_highest_attack_accuracy(tmp_path):
     from torch.utils.data import DataLoader
 
-    from methods.train import selection_accuracy, selection_subset
+    from methods.train.selection import selection_accuracy, selection_subset
 
     spec = _select_spec()
     train(spec, tmp_path, device="cpu", progress=False)
@@ -182,7 +192,8 @@ def test_select_best_keeps_the_epoch_with_the_highest_attack_accuracy(tmp_path):
     select = spec["train"]["select_best"]
     loader = DataLoader(selection_subset("digits", select, spec), batch_size=64)
     assert selection_accuracy(best_model, loader, select, "cpu") == pytest.approx(
-        log["select_accuracy"][best_epoch - 1])
+        log["select_accuracy"][best_epoch - 1]
+    )
     assert selection_accuracy(last_model, loader, select, "cpu") == pytest.approx(log["select_accuracy"].iloc[-1])
 
 
@@ -211,7 +222,7 @@ def test_select_best_refuses_more_images_than_the_test_set(tmp_path):
 def test_best_is_the_first_epoch_with_the_top_score_not_the_last(tmp_path, monkeypatch):
     """Scripted scores 0.2, 0.6, 0.6, 0.5: model_best.pt must hold epoch 2's weights (ties keep the earlier epoch),
     which a 2-epoch run of the same spec reproduces exactly (constant lr, per-epoch seeding)."""
-    import methods.train as mt
+    import methods.train.loop as mt
 
     scores = iter([0.2, 0.6, 0.6, 0.5])
     monkeypatch.setattr(mt, "selection_accuracy", lambda *args: next(scores))
@@ -226,8 +237,20 @@ def test_best_is_the_first_epoch_with_the_top_score_not_the_last(tmp_path, monke
 
 def _mid_epoch_cmd() -> list[str]:
     spec = mc.resolve_run(tiny_config(epochs=2, batch_size=4, checkpoint_every_steps=5), "cohen-0.25", seed=2)
-    return [sys.executable, "-m", "methods", "train", "--spec", mc.spec_json(spec), "--device", "cpu",
-            "--threads", "1", "--no-progress", "--out"]
+    return [
+        sys.executable,
+        "-m",
+        "methods",
+        "train",
+        "--spec",
+        mc.spec_json(spec),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +293,7 @@ def test_a_run_stopped_mid_epoch_resumes_bit_identical(tmp_path, kill, uninterru
 
 
 def test_checkpoint_settings_do_not_invalidate_a_resume_state():
-    from methods.train import training_fingerprint
+    from methods.train.loop import training_fingerprint
 
     a = mc.resolve_run(tiny_config(), "cohen-0.25", seed=0)
     b = mc.resolve_run(tiny_config(checkpoint_every_steps=7, checkpoint_every_minutes=2.5), "cohen-0.25", seed=0)

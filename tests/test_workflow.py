@@ -1,4 +1,5 @@
 """The whole smoke DAG, end to end, in a temporary directory, exactly as the README runs it."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,16 @@ LINF_RUNS = {"linf-dist-0.1": "linf-interval,linf-margin,pgd20", "backward-smoot
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -33,9 +42,13 @@ def smoke_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_smoke_dag_leaves_figure_tables_and_summary(smoke_run):
-    for rel in ("results/digits/summary.csv", "figures/digits/certified_accuracy.png",
-                "figures/digits/certified_accuracy.pdf", "figures/digits/linf_accuracy.png",
-                "figures/digits/linf_accuracy.pdf"):
+    for rel in (
+        "results/digits/summary.csv",
+        "figures/digits/certified_accuracy.png",
+        "figures/digits/certified_accuracy.pdf",
+        "figures/digits/linf_accuracy.png",
+        "figures/digits/linf_accuracy.pdf",
+    ):
         assert (smoke_run / rel).stat().st_size > 0, rel
     for table in ("certified_accuracy", "timing", "envelope", "linf_accuracy", "certification_cost"):
         for ext in ("md", "tex", "csv"):
@@ -73,11 +86,15 @@ def test_smoke_models_are_accurate_and_robust_as_in_the_papers(smoke_run):
     rows = pd.read_csv(smoke_run / "results/digits/summary.csv")
     last = rows[rows["checkpoint"] == "last"]
     certifiers = last.groupby("run")["certifier"].apply(lambda c: ",".join(sorted(c))).to_dict()
-    assert certifiers == {run: "cohen" for run in SMOKE_RUNS} | {"cohen-0.25": "adaptive,cohen,t-certify",
-                                                                 "feng-0.25": "cohen,t-certify"} | LINF_RUNS
+    assert (
+        certifiers
+        == {run: "cohen" for run in SMOKE_RUNS}
+        | {"cohen-0.25": "adaptive,cohen,t-certify", "feng-0.25": "cohen,t-certify"}
+        | LINF_RUNS
+    )
     assert set(rows["method"]) == {"cohen", "salman", "macer", "feng", "linf_dist", "backward_smoothing"}
     summary = rows[rows["certifier"] == "cohen"].set_index("run")
-    assert (summary["clean_acc"] > 0.5).all()          # chance is 0.1
+    assert (summary["clean_acc"] > 0.5).all()  # chance is 0.1
     assert (summary["acr"] > 0).all()
     assert summary.loc["cohen-0.25", "certified_acc@0.00"] > summary.loc["cohen-0.50", "certified_acc@0.00"]
     # σ = 0.12 cannot certify beyond its cliff σ·Φ⁻¹(α^(1/n)); σ = 0.5 can.
@@ -117,15 +134,22 @@ def test_every_shipped_config_builds_its_dag(tmp_path, name):
 
 
 def test_lint_is_clean():
-    out = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stdout[-3000:]
 
 
 def test_a_run_may_ask_for_its_own_resources(tmp_path):
-    """MACER's 440 epochs need a longer SLURM runtime than Cohen's 90: the run's `resources` override reaches the job."""
-    out = snakemake(tmp_path, "-n", "results/cifar10/macer-0.25/seed0/model.pt",
-                    "results/cifar10/cohen-0.25/seed0/model.pt", "--configfile", str(REPO / "config" / "cifar10.yaml"))
+    """MACER's 440 epochs need a longer SLURM runtime than Cohen's 90: the run's `resources` reaches the job."""
+    out = snakemake(
+        tmp_path,
+        "-n",
+        "results/cifar10/macer-0.25/seed0/model.pt",
+        "results/cifar10/cohen-0.25/seed0/model.pt",
+        "--configfile",
+        str(REPO / "config" / "cifar10.yaml"),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     runtimes = {}
     run = None
@@ -152,7 +176,11 @@ def test_smoke_linf_runs_certify_below_what_attacks_find(smoke_run):
     assert backward["clean_acc"].min() > 0.8
     # both checkpoints evaluated by every certifier; the best one names its epoch and how it was chosen
     assert sorted(zip(backward["checkpoint"], backward["certifier"])) == [
-        ("best", "pgd100"), ("best", "pgd20"), ("last", "pgd100"), ("last", "pgd20")]
+        ("best", "pgd100"),
+        ("best", "pgd20"),
+        ("last", "pgd100"),
+        ("last", "pgd20"),
+    ]
     best = backward[backward["checkpoint"] == "best"].iloc[0]
     log = pd.read_csv(smoke_run / "results/digits/backward-smoothing-0.1/seed0/train_log.tsv", sep="\t")
     assert best["best_epoch"] == log["epoch"][log["select_accuracy"].idxmax()]
@@ -163,8 +191,12 @@ def test_smoke_linf_runs_certify_below_what_attacks_find(smoke_run):
     assert "selected on test images" in table
 
 
-PAPER_FIGURES = ("certified_accuracy_sigma0.12", "certified_accuracy_sigma0.25", "certified_accuracy_sigma0.5",
-                 "sigma_sweep_cohen")
+PAPER_FIGURES = (
+    "certified_accuracy_sigma0.12",
+    "certified_accuracy_sigma0.25",
+    "certified_accuracy_sigma0.5",
+    "sigma_sweep_cohen",
+)
 
 
 @pytest.mark.slow
@@ -173,8 +205,15 @@ def test_smoke_dag_leaves_paper_figures_and_the_reproduced_vs_published_table(sm
         for ext in ("png", "pdf"):
             assert (smoke_run / f"figures/digits/{stem}.{ext}").stat().st_size > 0, stem
     table = pd.read_csv(smoke_run / "results/digits/tables/reproduced_vs_published.csv")
-    assert set(table["run"]) == {"cohen-0.12", "cohen-0.25", "cohen-0.50", "salman-0.25", "macer-0.25",
-                                 "linf-dist-0.1", "backward-smoothing-0.1"}
+    assert set(table["run"]) == {
+        "cohen-0.12",
+        "cohen-0.25",
+        "cohen-0.50",
+        "salman-0.25",
+        "macer-0.25",
+        "linf-dist-0.1",
+        "backward-smoothing-0.1",
+    }
     assert set(table["published_dataset"]) == {"cifar10", "mnist"}
     assert table["difference"].isna().all() and table["outside"].isna().all()  # digits: orientation only
     # the digits runs are evaluated with neither AutoAttack nor the l-inf-dist papers' PGD (linf-dist-pgd):
@@ -253,11 +292,14 @@ def test_sharded_certification_merges_to_the_unsharded_file(tmp_path):
     """certify.shards: 3 → three certify_shard jobs per certification and a merge; the merged TSV equals one
     unsharded certification of the same model, image by image (noise and random starts are seeded per example)."""
     from methods import config as mc
-    from methods.certify import certify_run, read_tsv
+    from methods.certify.step import certify_run
+    from methods.core.tsv import read_tsv
 
     (tmp_path / "config.yaml").write_text(SHARDED_CONFIG)
-    targets = [f"results/digits/{run}/seed0/certify/{c}.tsv"
-               for run, c in (("cohen-0.25", "cohen"), ("linf", "linf-margin"), ("linf", "linf-dist-pgd"))]
+    targets = [
+        f"results/digits/{run}/seed0/certify/{c}.tsv"
+        for run, c in (("cohen-0.25", "cohen"), ("linf", "linf-margin"), ("linf", "linf-dist-pgd"))
+    ]
     out = snakemake(tmp_path, *targets, "-n", "--quiet", "rules", "--configfile", str(tmp_path / "config.yaml"))
     jobs = dict(parts for parts in map(str.split, out.stdout.splitlines()) if len(parts) == 2 and parts[1].isdigit())
     assert jobs.get("certify_shard") == "9" and jobs.get("merge_certify_shards") == "3", out.stdout[-2000:]
@@ -268,9 +310,16 @@ def test_sharded_certification_merges_to_the_unsharded_file(tmp_path):
     for target in targets:
         run, certifier = target.split("/")[2], Path(target).stem
         spec = {**mc.resolve_run(cfg, run, 0), "data_root": str(tmp_path / "data")}
-        whole = read_tsv(certify_run(tmp_path / f"results/digits/{run}/seed0/model.pt", spec,
-                                     tmp_path / f"whole-{run}-{certifier}.tsv", certifier, device="cpu",
-                                     progress=False))
+        whole = read_tsv(
+            certify_run(
+                tmp_path / f"results/digits/{run}/seed0/model.pt",
+                spec,
+                tmp_path / f"whole-{run}-{certifier}.tsv",
+                certifier,
+                device="cpu",
+                progress=False,
+            )
+        )
         merged = read_tsv(tmp_path / target)
         assert len(merged) == 12
         pd.testing.assert_frame_equal(merged.drop(columns="time"), whole.drop(columns="time"))
@@ -284,9 +333,17 @@ def test_slurm_placement_reaches_the_jobs_only_where_the_config_sets_it(tmp_path
     (tmp_path / "c.yaml").write_text(
         "dataset: digits\nseeds: [0]\nresources:\n  train: {partition: gpu, gpu_model: a100, gpu: 1}\n"
         "runs:\n  a: {method: cohen, hparams: {sigma: 0.25}, resources: {train: {partition: long}}}\n"
-        "  b: {method: cohen, hparams: {sigma: 0.5}}\n")
-    out = snakemake(tmp_path, "-n", "results/digits/a/seed0/model.pt", "results/digits/b/seed0/model.pt",
-                    "results/digits/b/seed0/certify/cohen.tsv", "--configfile", str(tmp_path / "c.yaml"))
+        "  b: {method: cohen, hparams: {sigma: 0.5}}\n"
+    )
+    out = snakemake(
+        tmp_path,
+        "-n",
+        "results/digits/a/seed0/model.pt",
+        "results/digits/b/seed0/model.pt",
+        "results/digits/b/seed0/certify/cohen.tsv",
+        "--configfile",
+        str(tmp_path / "c.yaml"),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     jobs = {}
     for line in out.stdout.splitlines():

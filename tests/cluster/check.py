@@ -1,15 +1,16 @@
 """Checks of the cluster smoke test (run by tests/cluster/run_slurm_smoke.sh; needs the test cluster's SLURM_CONF).
 
-    python tests/cluster/check.py jobs --dry-run DRY.txt --log SNAKEMAKE.log --workdir DIR
-        Every job of the DAG but `all` ran as a SLURM job: for each rule, as many submissions ("Job i has been
-        submitted with SLURM jobid j (log: ...)") as the dry run has jobs of that rule, each for other wildcards;
-        the controller remembers each of those SLURM jobs as COMPLETED with exit code 0:0, with its StdOut the
-        kept log file, in which Snakemake inside the job runs that rule and finishes it; no job but `all` ran as a
-        local rule of the submitting Snakemake.
-    python tests/cluster/check.py summaries SLURM/summary.csv LOCAL/summary.csv
-        Both summaries have the same rows and the same values, as written (text), in every column but the
-        timing, device and path ones.
+python tests/cluster/check.py jobs --dry-run DRY.txt --log SNAKEMAKE.log --workdir DIR
+    Every job of the DAG but `all` ran as a SLURM job: for each rule, as many submissions ("Job i has been
+    submitted with SLURM jobid j (log: ...)") as the dry run has jobs of that rule, each for other wildcards;
+    the controller remembers each of those SLURM jobs as COMPLETED with exit code 0:0, with its StdOut the
+    kept log file, in which Snakemake inside the job runs that rule and finishes it; no job but `all` ran as a
+    local rule of the submitting Snakemake.
+python tests/cluster/check.py summaries SLURM/summary.csv LOCAL/summary.csv
+    Both summaries have the same rows and the same values, as written (text), in every column but the
+    timing, device and path ones.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,10 @@ def dry_run_counts(text: str) -> dict[str, int]:
 def ran_inside(job_log: str, rule: str) -> bool:
     """The SLURM log (the job's stdout, written by slurmd) shows Snakemake inside the job running `rule` and
     finishing it."""
-    return (re.search(rf"^(local)?rule {re.escape(rule)}:$", job_log, re.MULTILINE) is not None
-            and re.search(r"^Finished job(id:)? 0\b", job_log, re.MULTILINE) is not None)
+    return (
+        re.search(rf"^(local)?rule {re.escape(rule)}:$", job_log, re.MULTILINE) is not None
+        and re.search(r"^Finished job(id:)? 0\b", job_log, re.MULTILINE) is not None
+    )
 
 
 def scontrol_job(jobid: str) -> dict[str, str]:
@@ -88,8 +91,9 @@ def check_jobs(dry_run: Path, log: Path, workdir: Path) -> None:
         for slurm_id, path in jobs:
             info = scontrol_job(slurm_id)
             if (info.get("JobState"), info.get("ExitCode")) != ("COMPLETED", "0:0"):
-                problems.append(f"SLURM job {slurm_id} ({rule}): JobState={info.get('JobState')} "
-                                f"ExitCode={info.get('ExitCode')}")
+                problems.append(
+                    f"SLURM job {slurm_id} ({rule}): JobState={info.get('JobState')} ExitCode={info.get('ExitCode')}"
+                )
             elif Path(info.get("StdOut", "")).resolve() != path.resolve():
                 problems.append(f"SLURM job {slurm_id} ({rule}): StdOut={info.get('StdOut')}, expected {path}")
             elif not path.is_file():
@@ -105,8 +109,10 @@ def check_jobs(dry_run: Path, log: Path, workdir: Path) -> None:
         kept = len(list((logdir / f"rule_{rule}").glob("*/*.log")))
         print(f"{rule:<18} {expected.get(rule, 0):>7} {len(jobs):>10} {completed:>9} {kept:>9}")
         if not expected.get(rule, 0) == len(jobs) == completed == kept:
-            problems.append(f"{rule}: {expected.get(rule, 0)} jobs in the dry run, {len(jobs)} submitted to SLURM, "
-                            f"{completed} completed there, {kept} SLURM logs kept")
+            problems.append(
+                f"{rule}: {expected.get(rule, 0)} jobs in the dry run, {len(jobs)} submitted to SLURM, "
+                f"{completed} completed there, {kept} SLURM logs kept"
+            )
     if problems:
         fail("\n  ".join(["not every job ran as a SLURM job:", *problems]))
     total = sum(len(jobs) for jobs in submitted.values())
@@ -128,12 +134,17 @@ def check_summaries(slurm: Path, local: Path) -> None:
         fail(f"the summaries have other rows:\nSLURM:\n{a[KEY].to_string()}\nlocal:\n{b[KEY].to_string()}")
     differ = a.ne(b)
     if differ.to_numpy().any():
-        lines = [f"  {a.at[i, 'run']} {a.at[i, 'certifier']} {a.at[i, 'checkpoint']} {columns[j]}: "
-                 f"SLURM {a.iat[i, j]!r} != local {b.iat[i, j]!r}" for i, j in zip(*differ.to_numpy().nonzero())]
+        lines = [
+            f"  {a.at[i, 'run']} {a.at[i, 'certifier']} {a.at[i, 'checkpoint']} {columns[j]}: "
+            f"SLURM {a.iat[i, j]!r} != local {b.iat[i, j]!r}"
+            for i, j in zip(*differ.to_numpy().nonzero())
+        ]
         fail("summary.csv of the SLURM run differs from the local run's:\n" + "\n".join(lines))
     skipped = [c for c in pd.read_csv(slurm, nrows=0).columns if c not in columns]
-    print(f"check: OK: summary.csv identical on {len(a)} rows × {len(columns)} columns "
-          f"(results: {', '.join(results)}); not compared: {', '.join(skipped)}")
+    print(
+        f"check: OK: summary.csv identical on {len(a)} rows × {len(columns)} columns "
+        f"(results: {', '.join(results)}); not compared: {', '.join(skipped)}"
+    )
 
 
 def main() -> None:

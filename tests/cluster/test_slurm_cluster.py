@@ -6,6 +6,7 @@ Needs root and either Debian's SLURM packages or apt-get with a reachable mirror
 slurmd, slurm-client and munge, and the plugin into this interpreter's environment); skipped otherwise, with the
 reason. METHODS_SKIP_SLURM=1 skips it too. It runs last in the session (tests/conftest.py). About 4 minutes.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,14 @@ def test_smoke_dag_runs_under_a_real_slurm_as_it_runs_locally():
     reason = cannot_run()
     if reason:
         pytest.skip(reason)
-    proc = subprocess.Popen(["bash", str(SCRIPT)], env={**os.environ, "PYTHON": sys.executable},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", str(SCRIPT)],
+        env={**os.environ, "PYTHON": sys.executable},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:

@@ -1,5 +1,5 @@
 rule certify:
-    """Certify one trained run's test subset with one certifier; writes the per-example TSV (methods/certify.py)."""
+    """Certify one trained run's test subset with one certifier; writes the per-example TSV (methods/certify/step.py)."""
     wildcard_constraints:
         run=rf"(?!{_SHARDED_RE}/)[^/]+",
     input:

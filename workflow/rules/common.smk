@@ -2,8 +2,8 @@
 import re
 import sys
 
-import methods.certify as mc_certifiers
-import methods.figures as mc_figures
+import methods.certify.registry as mc_certifiers
+import methods.report.figures as mc_figures
 
 try:
     config.update(mc.validate(config))
@@ -56,7 +56,7 @@ def run_spec(wildcards, drop=()):
 
 
 def certify_spec(wildcards):
-    """The spec with only the certify settings this certifier reads (methods.certify.SETTINGS)."""
+    """The spec with only the certify settings this certifier reads (methods/certify/registry.py)."""
     key = (wildcards.run, int(wildcards.seed))
     run_spec(wildcards)  # checks the run, seed and dataset
     return mc.spec_json(mc_certifiers.certifier_spec(SPECS[key], wildcards.certifier))
@@ -70,7 +70,7 @@ def shard_files(wildcards, ext="tsv"):
 
 
 def train_launcher(wildcards):
-    """`python`, or `torchrun` with one process per `train.processes` (DistributedDataParallel, methods/distributed.py)."""
+    """`python`, or `torchrun` with one process per `train.processes` (DistributedDataParallel, methods/train/distributed.py)."""
     processes = SPECS[wildcards.run, int(wildcards.seed)]["train"]["processes"]
     return "python" if processes == 1 else f"torchrun --standalone --nproc_per_node={processes}"
 

@@ -1,6 +1,6 @@
-import methods.published as mc_published
+import methods.core.paths as mc_paths
 
-PUBLISHED_CSV = str(mc_published.PUBLISHED_CSV)  # the package's copy: the one the steps read
+PUBLISHED_CSV = str(mc_paths.PUBLISHED_CSV)  # the package's copy: the one the steps read
 
 
 rule summarize:
@@ -184,7 +184,7 @@ rule timing:
 
 rule compare:
     """Reproduced vs published: each number the runs' published settings report, with the reproduced value, its
-    interval, the difference and a flag (methods/compare.py)."""
+    interval, the difference and a flag (methods/report/compare.py)."""
     input:
         summary="results/{dataset}/summary.csv",
         tsv=lambda wildcards: certify_outputs(wildcards.dataset),

@@ -1,5 +1,5 @@
 rule train:
-    """Train one run at one seed with the shared loop (methods/train.py); resumes from <run dir>/state."""
+    """Train one run at one seed with the shared loop (methods/train/loop.py); resumes from <run dir>/state."""
     wildcard_constraints:
         run=rf"(?!{_SELECT_BEST_RE}/)[^/]+",
     output:

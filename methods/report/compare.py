@@ -1,0 +1,282 @@
+"""Reproduced vs published: every reproduced number beside the paper's, with an interval that says how sure we are.
+
+A run names the published settings it reproduces in the config (`published: [{paper, dataset, setting}]`, the
+keys of workflow/resources/published.csv); summarize copies them into summary.csv's `published` column, so this
+module needs nothing but summary.csv, the per-example TSVs and the CSV of published numbers.
+
+Uncertainty (95 %):
+- one seed, an accuracy (certified / clean / PGD / AutoAttack): Clopper–Pearson over the evaluated images
+  (statsmodels `proportion_confint(..., method="beta")`);
+- one seed, ACR: a t-interval over images of radius·correct (a mean, not a proportion);
+- several seeds: mean ± std over seeds and a t-interval over seeds (the seed-to-seed spread, which contains the
+  image sampling noise of each seed).
+`outside` flags a published value outside the interval. A published value from another dataset than the run's (the
+digits runs point at the CIFAR-10 setting they scale down) is shown for orientation only: no difference, no flag.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from statsmodels.stats.proportion import proportion_confint
+
+from ..core.tsv import read_tsv
+from .published import select
+
+LEVEL = 0.95
+#: Metrics compared image by image from the per-example TSVs (timing lives in the timing table).
+COMPARED = ("certified_accuracy", "acr", "clean_accuracy", "pgd_accuracy", "autoattack_accuracy")
+#: Grid evaluators only know the accuracy at the ε of their grid.
+_GRID_TOLERANCE = 1e-9
+
+
+def clopper_pearson(successes: int, trials: int, level: float = LEVEL) -> tuple[float, float]:
+    """Two-sided exact binomial interval for successes / trials."""
+    low, high = proportion_confint(successes, trials, alpha=1 - level, method="beta")
+    return float(low), float(high)
+
+
+def t_interval(values, level: float = LEVEL) -> tuple[float, float, float, float]:
+    """(mean, std, low, high): Student-t interval for the mean of `values` (NaN spread for fewer than two)."""
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, math.nan, math.nan, math.nan
+    std = float(values.std(ddof=1))
+    if std == 0:
+        return mean, 0.0, mean, mean
+    low, high = stats.t.interval(level, len(values) - 1, loc=mean, scale=std / math.sqrt(len(values)))
+    return mean, std, float(low), float(high)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    std: float  # over seeds (NaN with one seed)
+    low: float
+    high: float
+    seeds: int
+    interval: str  # how (low, high) was computed
+
+
+def _hits(frame: pd.DataFrame, radius: float) -> np.ndarray:
+    return ((frame["correct"] == 1) & (frame["radius"] >= radius - _GRID_TOLERANCE)).to_numpy()
+
+
+def estimate(frames: list[pd.DataFrame], metric: str, radius: float = 0.0, level: float = LEVEL) -> Estimate:
+    """The metric over per-example frames, one frame per seed, with its interval (see the module docstring)."""
+    if metric == "acr":
+        per_image = [(f["radius"] * f["correct"]).to_numpy(dtype=float) for f in frames]
+    else:
+        per_image = [_hits(f, 0.0 if metric == "clean_accuracy" else radius).astype(float) for f in frames]
+    if len(frames) == 1:
+        values = per_image[0]
+        if metric == "acr":
+            mean, _, low, high = t_interval(values, level)
+            return Estimate(mean, math.nan, low, high, 1, f"t over {len(values)} images")
+        low, high = clopper_pearson(int(values.sum()), len(values), level)
+        return Estimate(float(values.mean()), math.nan, low, high, 1, f"Clopper-Pearson over {len(values)} images")
+    mean, std, low, high = t_interval([v.mean() for v in per_image], level)
+    return Estimate(mean, std, low, high, len(frames), f"t over {len(frames)} seeds")
+
+
+def _outside(est: Estimate, value: float) -> str:
+    """ "yes" where the published value lies outside the reproduced interval (float slack 1e-12)."""
+    return "yes" if not est.low - 1e-12 <= value <= est.high + 1e-12 else ""
+
+
+def published_refs(cell) -> list[dict]:
+    """summary.csv's `published` cell (JSON list of {paper, dataset, setting}; empty → [])."""
+    if not isinstance(cell, str) or not cell:
+        return []
+    return json.loads(cell)
+
+
+def ref_label(ref: dict) -> str:
+    return f"{ref['paper']} {ref['dataset']} {ref['setting']}"
+
+
+def _eps_grid(certify_file: str) -> list[float] | None:
+    meta = json.loads(Path(certify_file).with_suffix(".json").read_text())
+    return meta.get("eps_grid") if meta.get("norm") == "linf" and meta.get("certifier") != "linf-margin" else None
+
+
+def _pick_certifier(rows: pd.DataFrame, wanted: str, metric: str) -> str | None:
+    """The run's evaluator for a published number: the one the CSV names, else (clean accuracy) any ℓ∞ one."""
+    available = list(dict.fromkeys(rows["certifier"]))
+    if isinstance(wanted, str) and wanted:
+        return wanted if wanted in available else None
+    linf = [c for c, n in zip(rows["certifier"], rows["norm"]) if n == "linf"]
+    return linf[0] if metric == "clean_accuracy" and linf else None
+
+
+def comparison_table(summary: pd.DataFrame, published: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """One row per (run, checkpoint, published number) of the runs that name a published setting, plus one row per
+    radius of each published upper envelope (Salman et al.) whose method this summary has."""
+    checkpoint = summary.get("checkpoint", pd.Series("last", index=summary.index)).fillna("last")
+    summary = summary.assign(checkpoint=checkpoint)
+    rows = []
+    for (run, ckpt), group in summary.groupby(["run", "checkpoint"], sort=False):
+        refs = published_refs(group["published"].iloc[0]) if "published" in group else []
+        dataset = group["dataset"].iloc[0]
+        for ref in refs:
+            for pub in select(published, ref["paper"], ref["dataset"], ref["setting"]).itertuples(index=False):
+                if pub.metric not in COMPARED:
+                    continue
+                row = {
+                    "run": run,
+                    "checkpoint": ckpt,
+                    "paper": pub.paper,
+                    "source": pub.source,
+                    "setting": pub.setting,
+                    "published_dataset": pub.dataset,
+                    "status": pub.status,
+                    "metric": pub.metric,
+                    "radius": pub.radius,
+                    "published": pub.value,
+                }
+                certifier = _pick_certifier(group, pub.certifier, pub.metric)
+                row["certifier"] = certifier or (pub.certifier or "")
+                rows.append(_fill(row, group, certifier, pub, comparable=pub.dataset == dataset, level=level))
+    rows += _envelope_rows(summary, published, level)
+    columns = [
+        "run",
+        "checkpoint",
+        "certifier",
+        "paper",
+        "source",
+        "setting",
+        "published_dataset",
+        "status",
+        "metric",
+        "radius",
+        "seeds",
+        "reproduced",
+        "std",
+        "ci_low",
+        "ci_high",
+        "interval",
+        "published",
+        "difference",
+        "outside",
+        "note",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _fill(row: dict, group: pd.DataFrame, certifier: str | None, pub, comparable: bool, level: float) -> dict:
+    """The reproduced estimate of one published number, its difference and flag."""
+    empty = {
+        "seeds": 0,
+        "reproduced": math.nan,
+        "std": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "interval": "",
+        "difference": math.nan,
+        "outside": "",
+    }
+    if certifier is None:
+        return {**row, **empty, "note": f"this run has no {pub.certifier or 'l-inf'} evaluation"}
+    files = list(group[group["certifier"] == certifier]["certify_file"])
+    radius = 0.0 if pd.isna(pub.radius) else float(pub.radius)
+    grid = _eps_grid(files[0])
+    if (
+        grid is not None
+        and pub.metric != "clean_accuracy"
+        and not any(abs(radius - g) <= _GRID_TOLERANCE for g in grid)
+    ):
+        return {**row, **empty, "note": f"eps {radius:.6g} is not on the {certifier} grid"}
+    est = estimate([read_tsv(f) for f in files], pub.metric, radius, level)
+    note = "" if comparable else f"published on {pub.dataset}: orientation only, not comparable"
+    out = {
+        **row,
+        "seeds": est.seeds,
+        "reproduced": est.value,
+        "std": est.std,
+        "ci_low": est.low,
+        "ci_high": est.high,
+        "interval": est.interval,
+        "note": note,
+    }
+    out["difference"] = est.value - pub.value if comparable else math.nan
+    out["outside"] = _outside(est, pub.value) if comparable else ""
+    return out
+
+
+def _envelope_rows(summary: pd.DataFrame, published: pd.DataFrame, level: float) -> list[dict]:
+    """Published envelopes (setting "envelope") against ours: at each radius the best run of the method (mean over
+    seeds, ties → higher clean accuracy), with that run's interval. The max over runs is optimistic: say so."""
+    rows = []
+    envelopes = published[(published["setting"] == "envelope") & (published["metric"] == "certified_accuracy")]
+    for pub in envelopes.itertuples(index=False):
+        part = summary[
+            (summary["dataset"] == pub.dataset)
+            & (summary["method"] == pub.method)
+            & (summary["certifier"] == pub.certifier)
+            & (summary["checkpoint"] == "last")
+        ]
+        if part.empty:
+            continue
+        frames = {run: [read_tsv(f) for f in g["certify_file"]] for run, g in part.groupby("run", sort=False)}
+        scored = sorted(
+            frames,
+            key=lambda run: (
+                np.mean([_hits(f, pub.radius).mean() for f in frames[run]]),
+                np.mean([_hits(f, 0.0).mean() for f in frames[run]]),
+            ),
+            reverse=True,
+        )
+        best = scored[0]
+        est = estimate(frames[best], "certified_accuracy", float(pub.radius), level)
+        rows.append(
+            {
+                "run": f"envelope of {len(frames)} {pub.method} runs (best: {best})",
+                "checkpoint": "last",
+                "certifier": pub.certifier,
+                "paper": pub.paper,
+                "source": pub.source,
+                "setting": pub.setting,
+                "published_dataset": pub.dataset,
+                "status": pub.status,
+                "metric": pub.metric,
+                "radius": pub.radius,
+                "seeds": est.seeds,
+                "reproduced": est.value,
+                "std": est.std,
+                "ci_low": est.low,
+                "ci_high": est.high,
+                "interval": est.interval,
+                "published": pub.value,
+                "difference": est.value - pub.value,
+                "outside": _outside(est, pub.value),
+                "note": "max over runs: optimistic; interval of the best run only",
+            }
+        )
+    return rows
+
+
+def caption(table: pd.DataFrame, dataset: str, level: float = LEVEL) -> str:
+    head = (
+        f"Reproduced vs published, {dataset}. Interval: {level:.0%} Clopper-Pearson over the evaluated images "
+        "(one seed; ACR: t over images), or t over seeds with the std over seeds (several seeds). outside = the "
+        "published value lies outside the interval. status as METHODS.md: verified, approximate or "
+        "unverified. Published accuracies are fractions."
+    )
+    if table.empty:
+        return (
+            head + f" No {dataset} run names a published setting (config `published:`), so there is nothing to compare."
+        )
+    if not (table["published_dataset"] == dataset).any():
+        return head + (
+            f" {dataset}: no published numbers exist; the published column shows the "
+            f"{', '.join(sorted(set(table['published_dataset'])))} value of the paper setting each run "
+            "scales down, for orientation only (no difference, no flag)."
+        )
+    return head

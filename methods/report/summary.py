@@ -1,0 +1,133 @@
+"""summary.csv: one row per run × certifier × checkpoint × seed, from the per-example TSVs and their sidecars alone.
+
+Metrics (../shared/METHODS.md §0): approximate certified accuracy at r = mean(correct ∧ radius ≥ r) over the
+certified subset; ACR = mean(radius · correct), abstentions and wrong predictions counting 0. Several seeds of a run
+are averaged in the tables and figure; summary.csv keeps one row per run × certifier × seed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from ..certify.registry import CERTIFIERS
+from ..core.tsv import read_tsv
+from ..registry import get_method
+
+TSV_PATH = re.compile(
+    r"(?P<dataset>[^/]+)/(?P<run>[^/]+)/seed(?P<seed>\d+)/certify(?P<best>-best)?/"
+    r"(?P<certifier>[^/]+)\.tsv$"
+)
+
+
+def radius_column(r: float) -> str:
+    """certified_acc@0.25 for the ℓ2 grid; four decimals where two would merge ℓ∞ radii (8/255 → @0.0314)."""
+    return f"certified_acc@{r:.2f}" if abs(round(r, 2) - r) < 1e-12 else f"certified_acc@{r:.4f}"
+
+
+def certified_accuracy(frame: pd.DataFrame, radius: float) -> float:
+    return float(((frame["correct"] == 1) & (frame["radius"] >= radius)).mean())
+
+
+def average_certified_radius(frame: pd.DataFrame) -> float:
+    return float((frame["radius"] * frame["correct"]).mean())
+
+
+def _train_log_stats(run_dir: Path) -> dict:
+    """Train-only seconds per epoch, and train + the per-epoch test passes (test loss, checkpoint selection) where
+    the run made any (the papers do not say which of the two their sec/epoch is, so both are reported)."""
+    if not (run_dir / "train_log.tsv").exists():  # results copied without their training logs: no timing
+        return {
+            "train_sec_per_epoch": float("nan"),
+            "train_eval_sec_per_epoch": float("nan"),
+            "epochs": float("nan"),
+            "train_hours": float("nan"),
+        }
+    log = pd.read_csv(run_dir / "train_log.tsv", sep="\t")
+    passes = [pd.to_numeric(log[c], errors="coerce") for c in ("eval_seconds", "select_seconds") if c in log]
+    passes = [p for p in passes if p.notna().all()]
+    with_eval = float((log["train_seconds"] + sum(passes)).mean()) if passes else float("nan")
+    return {
+        "train_sec_per_epoch": float(log["train_seconds"].mean()),
+        "train_eval_sec_per_epoch": with_eval,
+        "epochs": int(len(log)),
+        "train_hours": float(log["train_seconds"].sum()) / 3600,
+    }
+
+
+def summarize(
+    tsv_files: list[str | Path],
+    radii: list[float],
+    out: str | Path,
+    notes: dict[str, str] | None = None,
+    linf_radii: list[float] | None = None,
+    published: dict[str, list[dict]] | None = None,
+) -> pd.DataFrame:
+    """One row per per-example TSV (run × certifier × seed × checkpoint); paths must be
+    <dataset>/<run>/seed<s>/certify/<c>.tsv (the last epoch) or .../certify-best/<c>.tsv (the epoch picked by
+    train.select_best; `checkpoint` = "best", `selected_by` says how and `best_epoch` which).
+
+    Accuracy columns are at `radii` for ℓ2 rows and at `linf_radii` (pixel units) for ℓ∞ rows; a row leaves the
+    other norm's columns empty. For ℓ∞ rows `kind` says whether the radius is certified or empirical.
+
+    `notes` maps run names to the config's caveats (`note`), which the tables print as footnotes beside the
+    method's own provenance (`SOURCE`) and the certifier's. `published` maps run names to the published settings
+    they reproduce (config `published`), kept as JSON in the `published` column for methods.report.compare.
+    """
+    notes, published = notes or {}, published or {}
+    rows = []
+    for tsv in map(Path, tsv_files):
+        match = TSV_PATH.search(tsv.as_posix())
+        if not match:
+            raise ValueError(f"{tsv}: not a results/<dataset>/<run>/seed<s>/certify[-best]/<certifier>.tsv path")
+        frame = read_tsv(tsv)
+        meta = json.loads(tsv.with_suffix(".json").read_text())
+        info = meta["model_info"]
+        run_dir = tsv.parent.parent
+        row = {
+            "dataset": match["dataset"],
+            "run": match["run"],
+            "method": info["method"],
+            "seed": int(match["seed"]),
+            "certifier": match["certifier"],
+            "checkpoint": "best" if match["best"] else "last",
+            "norm": CERTIFIERS[match["certifier"]].norm,
+            "kind": CERTIFIERS[match["certifier"]].kind,
+            "sigma": meta.get("sigma"),
+            "clean_acc": float(frame["correct"].mean()),
+            "acr": average_certified_radius(frame),
+        }
+        norm_radii = linf_radii if row["norm"] == "linf" and linf_radii else radii
+        row.update({radius_column(r): certified_accuracy(frame, r) for r in norm_radii})
+        row.update(_train_log_stats(run_dir))
+        row.update(
+            {
+                "certify_sec_per_example": float(frame["time"].mean()),
+                "samples_per_example": float(frame["samples"].mean()) if "samples" in frame else float("nan"),
+                "certify_path": "/".join(sorted(set(frame["path"]))) if "path" in frame else "",
+                "certify_dtype": "/".join(sorted(set(frame["dtype"]))) if "dtype" in frame else "",
+                "device": info["device"],
+                "certify_device": meta["provenance"]["device_name"],
+                "examples": len(frame),
+                "subset": "start {start}, skip {skip}, count {count}".format(**meta["subset"]),
+                "n0": meta.get("n0"),
+                "n": meta.get("n"),
+                "alpha": meta.get("alpha"),
+                "max_radius": meta.get("max_radius"),
+                "certify_file": tsv.as_posix(),
+                "source": get_method(info["method"]).SOURCE,
+                "certifier_note": CERTIFIERS[match["certifier"]].note,
+                "note": notes.get(match["run"], ""),
+                "best_epoch": info.get("best_epoch"),
+                "selected_by": info.get("selected_by", ""),
+                "published": json.dumps(published[match["run"]]) if published.get(match["run"]) else "",
+            }
+        )
+        rows.append(row)
+    summary = pd.DataFrame(rows).sort_values(["dataset", "method", "sigma", "run", "certifier", "checkpoint", "seed"])
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out, index=False)
+    return summary
