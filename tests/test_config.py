@@ -225,7 +225,7 @@ def test_cifar10_config_lists_salmans_whole_paper_grid_with_its_recipe():
         paper = salman.PAPER[dataset]
         for spec in specs:
             assert (spec["model"]["arch"], spec["model"]["normalization"]) == (paper["arch"], "center")
-            assert spec["hparams"]["warmup"] == paper["warmup"]
+            assert spec["hparams"]["warmup"] == paper["hparams"]["warmup"]
             for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "step_size", "gamma"):
                 if key in paper:
                     assert spec["train"][key] == paper[key], key
@@ -244,7 +244,7 @@ def test_paper_configs_carry_macers_settings(dataset):
         assert spec["model"]["arch"] == paper["arch"]
         if "normalization" in paper:
             assert spec["model"]["normalization"] == paper["normalization"]
-        assert {k: spec["hparams"][k] for k in ("k", "gamma", "beta")} == {k: paper[k] for k in ("k", "gamma", "beta")}
+        assert {k: spec["hparams"][k] for k in ("k", "gamma", "beta")} == {k: paper["hparams"][k] for k in ("k", "gamma", "beta")}
         train = spec["train"]
         assert (train["epochs"], train["lr"], train["schedule"], train["milestones"], train["gamma"]) == (
             paper["epochs"],
@@ -256,8 +256,8 @@ def test_paper_configs_carry_macers_settings(dataset):
         for key in ("batch_size", "momentum", "weight_decay"):
             if key in paper:
                 assert train[key] == paper[key], key
-        if spec["hparams"]["sigma"] in paper.get("lam", {}):
-            assert spec["hparams"]["lam"] == paper["lam"][spec["hparams"]["sigma"]]
+        if spec["hparams"]["sigma"] in paper.get("lam_by_sigma", {}):
+            assert spec["hparams"]["lam"] == paper["lam_by_sigma"][spec["hparams"]["sigma"]]
     if dataset == "cifar10":
         assert {s["certify"]["start"] for s in specs.values()} == {500}  # MACER's test images 500–999
     assert all(run in mc.notes_of(cfg) for run, s in specs.items() if s["hparams"]["sigma"] == 1.0)
