@@ -6,6 +6,7 @@
 
 Every rule runs `python -m methods <step>`, which a user can also run by hand. The rules are in workflow/rules/.
 """
+
 import json
 import os
 
@@ -16,6 +17,7 @@ import methods.config as mc
 min_version("8.20")
 
 if not workflow.overwrite_configfiles:  # --configfile replaces the default instead of merging into it
+
     configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 

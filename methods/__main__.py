@@ -7,6 +7,8 @@
                               --tables-dir results/digits/tables
 
 Rules pass the resolved run spec as --spec JSON instead of --configfile/--run; both resolve through methods.config.
+Each command imports its stage when it runs, for start-up time (every rule starts Python, and a train job need not
+load scipy or matplotlib); the CLI is the top layer, so the import contract holds either way.
 """
 
 from __future__ import annotations
@@ -17,22 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-import pandas as pd
-import torch
-
-from . import config
-from .bench.benchmark import bench, markdown
-from .bench.plan import plan, summary
-from .bench.train_cost import bench as bench_train
-from .bench.train_cost import format_rows
-from .certify.step import certify_run, merge_shards
 from .core.errors import ConfigError, DatasetNotFound
-from .core.io import select_device
-from .report.build import rebuild, report
-from .report.published import load as load_published
-from .report.summary import summarize
-from .report.tables import markdown as markdown_table
-from .train.loop import train
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -48,8 +35,10 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 def _spec(args) -> dict:
     if args.spec:
         return json.loads(args.spec)
+    from . import config
+
     if not args.run:
-        raise config.ConfigError("give --spec, or --run NAME (with --configfile, default config/config.yaml)")
+        raise ConfigError("give --spec, or --run NAME (with --configfile, default config/config.yaml)")
     cfg = config.load(args.configfile)
     seed = args.seed
     if seed is None:
@@ -65,10 +54,14 @@ def _run_dir(spec: dict) -> Path:
 def _setup_threads(args) -> None:
     """The job's threads, shared among torchrun's processes where there are several (WORLD_SIZE)."""
     if args.threads:
+        import torch
+
         torch.set_num_threads(max(1, args.threads // int(os.environ.get("WORLD_SIZE", "1"))))
 
 
 def cmd_train(args) -> None:
+    from .train.loop import train
+
     spec = _spec(args)
     _setup_threads(args)
     out = Path(args.out) if args.out else _run_dir(spec)
@@ -77,6 +70,8 @@ def cmd_train(args) -> None:
 
 
 def cmd_certify(args) -> None:
+    from .certify.step import certify_run
+
     spec = _spec(args)
     _setup_threads(args)
     run_dir = _run_dir(spec)
@@ -97,10 +92,14 @@ def cmd_certify(args) -> None:
 
 
 def cmd_merge(args) -> None:
+    from .certify.step import merge_shards
+
     print(f"wrote {merge_shards(args.shards, args.out)}")
 
 
 def cmd_summarize(args) -> None:
+    from .report.summary import summarize
+
     summary = summarize(
         args.tsv,
         args.radii,
@@ -113,6 +112,8 @@ def cmd_summarize(args) -> None:
 
 
 def cmd_report(args) -> None:
+    from .report.build import report
+
     for path in report(
         args.summary,
         args.figures_dir,
@@ -128,6 +129,8 @@ def cmd_report(args) -> None:
 
 
 def cmd_rebuild(args) -> None:
+    from .report.build import rebuild
+
     for path in rebuild(
         args.results,
         args.figures,
@@ -144,6 +147,13 @@ def cmd_rebuild(args) -> None:
 
 
 def cmd_plan(args) -> None:
+    import pandas as pd
+
+    from . import config
+    from .bench.plan import plan, summary
+    from .report.published import load as load_published
+    from .report.tables import markdown as markdown_table
+
     jobs = plan(config.load(args.configfile), load_published(), pd.read_csv(args.bench) if args.bench else None)
     if args.out:
         jobs.to_csv(args.out, index=False)
@@ -162,6 +172,9 @@ def cmd_plan(args) -> None:
 
 
 def cmd_bench(args) -> None:
+    from .bench.benchmark import bench, markdown
+    from .core.io import select_device
+
     _setup_threads(args)
     frame = bench(quick=not args.full, device=args.device, out=args.out, only=args.only)
     print(markdown(frame, not args.full, select_device(args.device)))
@@ -169,6 +182,10 @@ def cmd_bench(args) -> None:
 
 
 def cmd_bench_train(args) -> None:
+    from . import config
+    from .bench.train_cost import bench as bench_train
+    from .bench.train_cost import format_rows
+
     cfg = config.load(args.configfile)
     specs = []
     for name in args.run:

@@ -244,7 +244,9 @@ def test_paper_configs_carry_macers_settings(dataset):
         assert spec["model"]["arch"] == paper["arch"]
         if "normalization" in paper:
             assert spec["model"]["normalization"] == paper["normalization"]
-        assert {k: spec["hparams"][k] for k in ("k", "gamma", "beta")} == {k: paper["hparams"][k] for k in ("k", "gamma", "beta")}
+        assert {k: spec["hparams"][k] for k in ("k", "gamma", "beta")} == {
+            k: paper["hparams"][k] for k in ("k", "gamma", "beta")
+        }
         train = spec["train"]
         assert (train["epochs"], train["lr"], train["schedule"], train["milestones"], train["gamma"]) == (
             paper["epochs"],

@@ -15,10 +15,10 @@ rule certify:
         "logs/benchmarks/certify/{dataset}/{run}/seed{seed}/{certifier}.tsv"
     threads: res("certify", "threads")
     resources:
+        **slurm_placement("certify"),
         mem_mb=res("certify", "mem_mb"),
         runtime=res("certify", "runtime"),
         gpu=res("certify", "gpu"),
-        **slurm_placement("certify"),
     conda:
         "../envs/methods.yaml"
     shell:
@@ -60,10 +60,10 @@ rule certify_shard:
         "logs/{folder}/{dataset}/{run}/seed{seed}/{certifier}.{shard}of{shards}.log",
     threads: res("certify", "threads")
     resources:
+        **slurm_placement("certify"),
         mem_mb=res("certify", "mem_mb"),
         runtime=res("certify", "runtime"),
         gpu=res("certify", "gpu"),
-        **slurm_placement("certify"),
     conda:
         "../envs/methods.yaml"
     shell:

@@ -1,4 +1,5 @@
 """Config validation and the helpers the rules share."""
+
 import re
 import sys
 
@@ -94,8 +95,14 @@ def certify_outputs(dataset, ext="tsv"):
 
 def norms(dataset):
     """The norms ("l2", "linf") the dataset's certifiers evaluate: which report rules the DAG needs."""
-    return sorted({mc_certifiers.CERTIFIERS[certifier].norm for d, run, seed in RUNS if d == dataset
-                   for certifier in SPECS[run, seed]["certify"]["certifiers"]})
+    return sorted(
+        {
+            mc_certifiers.CERTIFIERS[certifier].norm
+            for d, run, seed in RUNS
+            if d == dataset
+            for certifier in SPECS[run, seed]["certify"]["certifiers"]
+        }
+    )
 
 
 def certify_sigmas(dataset):
@@ -111,21 +118,26 @@ def certify_sigmas(dataset):
 def paper_figures(dataset):
     """figures/<dataset>/certified_accuracy_sigma<s> and sigma_sweep_<method>, PNG and PDF."""
     sigmas = certify_sigmas(dataset)
-    stems = mc_figures.l2_figure_stems([s for ss in sigmas.values() for s in ss],
-                                       [m for m, ss in sigmas.items() if len(ss) > 1])
+    stems = mc_figures.l2_figure_stems(
+        [s for ss in sigmas.values() for s in ss], [m for m, ss in sigmas.items() if len(ss) > 1]
+    )
     return [f"figures/{dataset}/{stem}.{ext}" for stem in stems for ext in ("png", "pdf")]
 
 
 def report_outputs(dataset):
     """Figures and tables of one dataset: the l2 ones, the l-inf ones, whichever it has, the timing table and the
     reproduced-vs-published table."""
-    out = [f"results/{dataset}/summary.csv"] + [f"results/{dataset}/tables/{t}.{e}" for e in ("md", "tex", "csv")
-                                                for t in ("timing", "reproduced_vs_published")]
+    out = [f"results/{dataset}/summary.csv"] + [
+        f"results/{dataset}/tables/{t}.{e}" for e in ("md", "tex", "csv") for t in ("timing", "reproduced_vs_published")
+    ]
     out += paper_figures(dataset)
     if "l2" in norms(dataset):
         out += [f"figures/{dataset}/certified_accuracy.{e}" for e in ("png", "pdf")]
-        out += [f"results/{dataset}/tables/{t}.{e}" for t in ("certified_accuracy", "envelope")
-                for e in ("md", "tex", "csv")]
+        out += [
+            f"results/{dataset}/tables/{t}.{e}"
+            for t in ("certified_accuracy", "envelope")
+            for e in ("md", "tex", "csv")
+        ]
     if "linf" in norms(dataset):
         out += [f"figures/{dataset}/linf_accuracy.{e}" for e in ("png", "pdf")]
         out += [f"results/{dataset}/tables/linf_accuracy.{e}" for e in ("md", "tex", "csv")]
@@ -141,8 +153,10 @@ def slurm_placement(step):
     config sets (config `resources.<step>.partition` etc., per run where a run overrides): an unset key leaves the
     SLURM profile's default-resources in force. A run without its own value falls back to the config's, else to
     the empty string (the plugin then omits the option). For the per-run steps, train and certify."""
-    return {mc.SLURM_KEYS[key]: lambda wildcards, key=key: mc.run_resource(config, wildcards.run, step, key) or ""
-            for key in mc.slurm_keys_used(config, step)}
+    return {
+        mc.SLURM_KEYS[key]: lambda wildcards, key=key: mc.run_resource(config, wildcards.run, step, key) or ""
+        for key in mc.slurm_keys_used(config, step)
+    }
 
 
 def res(step, key):

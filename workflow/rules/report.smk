@@ -40,18 +40,34 @@ rule report:
         summary="results/{dataset}/summary.csv",
         tsv=lambda wildcards: certify_outputs(wildcards.dataset),
     output:
-        png=report("figures/{dataset}/certified_accuracy.png", caption="../report/certified_accuracy.rst",
-                   category="{dataset}", subcategory="l2"),
+        png=report(
+            "figures/{dataset}/certified_accuracy.png",
+            caption="../report/certified_accuracy.rst",
+            category="{dataset}",
+            subcategory="l2",
+        ),
         pdf="figures/{dataset}/certified_accuracy.pdf",
         accuracy=multiext("results/{dataset}/tables/certified_accuracy", ".md", ".tex"),
-        accuracy_csv=report("results/{dataset}/tables/certified_accuracy.csv",
-                            caption="../report/certified_accuracy_table.rst", category="{dataset}", subcategory="l2"),
+        accuracy_csv=report(
+            "results/{dataset}/tables/certified_accuracy.csv",
+            caption="../report/certified_accuracy_table.rst",
+            category="{dataset}",
+            subcategory="l2",
+        ),
         envelope=multiext("results/{dataset}/tables/envelope", ".md", ".tex"),
-        envelope_csv=report("results/{dataset}/tables/envelope.csv", caption="../report/envelope_table.rst",
-                            category="{dataset}", subcategory="l2"),
+        envelope_csv=report(
+            "results/{dataset}/tables/envelope.csv",
+            caption="../report/envelope_table.rst",
+            category="{dataset}",
+            subcategory="l2",
+        ),
         cost=multiext("results/{dataset}/tables/certification_cost", ".md", ".tex"),
-        cost_csv=report("results/{dataset}/tables/certification_cost.csv",
-                        caption="../report/certification_cost.rst", category="{dataset}", subcategory="l2"),
+        cost_csv=report(
+            "results/{dataset}/tables/certification_cost.csv",
+            caption="../report/certification_cost.rst",
+            category="{dataset}",
+            subcategory="l2",
+        ),
     params:
         radius_max=config["report"]["radius_max"],
         title=config["report"]["title"],
@@ -79,8 +95,12 @@ rule figure_sigma:
         tsv=lambda wildcards: certify_outputs(wildcards.dataset),
         published=PUBLISHED_CSV,
     output:
-        png=report("figures/{dataset}/certified_accuracy_sigma{sigma}.png", caption="../report/figure_sigma.rst",
-                   category="{dataset}", subcategory="l2"),
+        png=report(
+            "figures/{dataset}/certified_accuracy_sigma{sigma}.png",
+            caption="../report/figure_sigma.rst",
+            category="{dataset}",
+            subcategory="l2",
+        ),
         pdf="figures/{dataset}/certified_accuracy_sigma{sigma}.pdf",
     params:
         radius_max=config["report"]["radius_max"],
@@ -106,8 +126,12 @@ rule figure_sweep:
         tsv=lambda wildcards: certify_outputs(wildcards.dataset),
         published=PUBLISHED_CSV,
     output:
-        png=report("figures/{dataset}/sigma_sweep_{method}.png", caption="../report/figure_sweep.rst",
-                   category="{dataset}", subcategory="l2"),
+        png=report(
+            "figures/{dataset}/sigma_sweep_{method}.png",
+            caption="../report/figure_sweep.rst",
+            category="{dataset}",
+            subcategory="l2",
+        ),
         pdf="figures/{dataset}/sigma_sweep_{method}.pdf",
     params:
         radius_max=config["report"]["radius_max"],
@@ -134,12 +158,20 @@ rule report_linf:
         tsv=lambda wildcards: certify_outputs(wildcards.dataset),
         published=PUBLISHED_CSV,
     output:
-        png=report("figures/{dataset}/linf_accuracy.png", caption="../report/linf_accuracy.rst", category="{dataset}",
-                   subcategory="l-inf"),
+        png=report(
+            "figures/{dataset}/linf_accuracy.png",
+            caption="../report/linf_accuracy.rst",
+            category="{dataset}",
+            subcategory="l-inf",
+        ),
         pdf="figures/{dataset}/linf_accuracy.pdf",
         accuracy=multiext("results/{dataset}/tables/linf_accuracy", ".md", ".tex"),
-        accuracy_csv=report("results/{dataset}/tables/linf_accuracy.csv", caption="../report/linf_accuracy_table.rst",
-                            category="{dataset}", subcategory="l-inf"),
+        accuracy_csv=report(
+            "results/{dataset}/tables/linf_accuracy.csv",
+            caption="../report/linf_accuracy_table.rst",
+            category="{dataset}",
+            subcategory="l-inf",
+        ),
     params:
         radius_max=config["report"]["linf_radius_max"],
         title=config["report"]["title"],
@@ -167,8 +199,12 @@ rule timing:
         published=PUBLISHED_CSV,
     output:
         multiext("results/{dataset}/tables/timing", ".md", ".tex"),
-        csv=report("results/{dataset}/tables/timing.csv", caption="../report/timing.rst", category="{dataset}",
-                   subcategory="cost"),
+        csv=report(
+            "results/{dataset}/tables/timing.csv",
+            caption="../report/timing.rst",
+            category="{dataset}",
+            subcategory="cost",
+        ),
     log:
         "logs/timing/{dataset}.log",
     threads: res("report", "threads")
@@ -191,8 +227,12 @@ rule compare:
         published=PUBLISHED_CSV,
     output:
         multiext("results/{dataset}/tables/reproduced_vs_published", ".md", ".tex"),
-        csv=report("results/{dataset}/tables/reproduced_vs_published.csv", caption="../report/published.rst",
-                   category="{dataset}", subcategory="published"),
+        csv=report(
+            "results/{dataset}/tables/reproduced_vs_published.csv",
+            caption="../report/published.rst",
+            category="{dataset}",
+            subcategory="published",
+        ),
     log:
         "logs/compare/{dataset}.log",
     threads: res("report", "threads")

@@ -15,10 +15,10 @@ rule train:
         "logs/benchmarks/train/{dataset}/{run}/seed{seed}.tsv"
     threads: res("train", "threads")
     resources:
+        **slurm_placement("train"),
         mem_mb=res("train", "mem_mb"),
         runtime=res("train", "runtime"),
         gpu=res("train", "gpu"),
-        **slurm_placement("train"),
     conda:
         "../envs/methods.yaml"
     shell:
