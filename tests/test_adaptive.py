@@ -49,7 +49,7 @@ def _false_certificate_rate(p_a, sigma, radii, n, alpha, trials, test_class=Sequ
     try:
         false, samples = 0, []
         for _ in range(trials):
-            (prediction, radius), used = run_plan(
+            (prediction, radius, _), used = run_plan(
                 adaptive_plan(100, n, sigma, alpha, radii), binomial_sampler(p_a, rng)
             )
             samples.append(used)
@@ -90,8 +90,10 @@ def test_uses_far_fewer_samples_than_certify_and_agrees_with_it_away_from_thresh
     rng = np.random.default_rng(1)
     used_all = []
     for _ in range(20):
-        (prediction, radius), used = run_plan(adaptive_plan(100, n, sigma, alpha, radii), binomial_sampler(p_a, rng))
-        (cohen_prediction, cohen_radius), _ = run_plan(certify_plan(100, n, sigma, alpha), binomial_sampler(p_a, rng))
+        (prediction, radius, _), used = run_plan(adaptive_plan(100, n, sigma, alpha, radii), binomial_sampler(p_a, rng))
+        (cohen_prediction, cohen_radius, _), _ = run_plan(
+            certify_plan(100, n, sigma, alpha), binomial_sampler(p_a, rng)
+        )
         expected = max([r for r in radii if cohen_prediction == 0 and cohen_radius >= r], default=None)
         assert (prediction, radius) == ((0, expected) if expected is not None else (-1, 0.0))
         used_all.append(used)
@@ -107,16 +109,18 @@ def test_unreachable_radii_are_refused_up_front():
     assert [r for r in test.radii[: test.reachable]] == [r for r in test.radii if r <= reachable_limit]
     assert adaptive.max_radius(sigma, n, alpha, [0.25, 0.5, 0.75]) == max(r for r in test.radii if r <= reachable_limit)
     # a constant classifier: all draws agree, so it stops at the first look whose bound passes the last reachable r
-    (prediction, radius), used = run_plan(
+    (prediction, radius, counts), used = run_plan(
         adaptive_plan(10, n, sigma, alpha, [0.25, 0.5, 0.75]), lambda num: torch.tensor([num, 0])
     )
     assert prediction == 0 and radius == test.radii[test.reachable - 1]
-    assert used < 10 + n
+    assert used < 10 + n and counts["n"] == counts["nA"] <= used - 10 and (counts["n0"], counts["nA0"]) == (10, 10)
 
 
 def test_abstains_when_no_radius_is_certified():
     rng = np.random.default_rng(2)
-    (prediction, radius), used = run_plan(adaptive_plan(100, 10_000, 0.25, 0.001, [0.25]), binomial_sampler(0.5, rng))
+    (prediction, radius, _), used = run_plan(
+        adaptive_plan(100, 10_000, 0.25, 0.001, [0.25]), binomial_sampler(0.5, rng)
+    )
     assert (prediction, radius) == (-1, 0.0)
 
 

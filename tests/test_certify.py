@@ -285,3 +285,51 @@ def test_linf_dist_papers_pgd_is_reproducible_and_respects_certificates(linf_tra
     for eps in spec["certify"]["eps_grid"]:
         certified = (margin["correct"] == 1) & (margin["radius"] > eps)
         assert (runs[0].loc[certified, "radius"] >= eps).all()
+
+
+@pytest.mark.parametrize("certifier", ["cohen", "t-certify", "adaptive"])
+def test_the_counts_in_the_tsv_re_derive_every_decision(trained, tmp_path, certifier):
+    """n0 nA0 n nA (nB) are what the decision was made on: p̲A and the radius follow from them alone, exactly (for
+    the adaptive certifier, the counts of the look that certified its radius)."""
+    from methods.certify.adaptive import SequentialTest, decision_radii, look_schedule
+    from methods.certify.smoothing import ABSTAIN, certify_counts, lower_confidence_bound, t_certify_counts
+
+    model, spec = trained
+    spec = {**spec, "certify": {**spec["certify"], "n": 2000, "count": 12, "skip": 20}}
+    frame = read_tsv(certify_run(model, spec, tmp_path / f"{certifier}.tsv", certifier, device="cpu", progress=False))
+    cfg, sigma = spec["certify"], 0.25
+    assert (frame["n0"] == cfg["n0"]).all() and (frame["nA0"] <= frame["n0"]).all()
+    assert (frame["nA"] <= frame["n"]).all()
+    used = frame["n0"] + frame["n"]  # the adaptive certifier's counts are the deciding look's; it may draw on
+    assert ((frame["samples"] == used) if certifier != "adaptive" else (frame["samples"] >= used)).all()
+    for row in frame.itertuples(index=False):
+        if certifier == "cohen":  # A is "class 0" of a two-class vote: A against everything else
+            prediction, radius = certify_counts([row.nA0, 0], [row.nA, row.n - row.nA], sigma, cfg["alpha"])
+        elif certifier == "t-certify":  # A, B and the pooled rest are all the bound uses
+            prediction, radius = t_certify_counts(
+                [row.nA0, 1, 0], [row.nA, row.nB, row.n - row.nA - row.nB], sigma, cfg["alpha"], cfg["t_certify_split"]
+            )
+        else:  # the anytime bound at the stopping look decides the largest configured radius it reaches
+            looks = look_schedule(cfg["n"], cfg["adaptive"]["first_look"], cfg["adaptive"]["growth"])
+            test = SequentialTest(sigma, decision_radii(cfg["adaptive"]["radii"]), cfg["n"], cfg["alpha"], tuple(looks))
+            p_lower = lower_confidence_bound(row.nA, row.n, test.level)
+            certified = [r for r, t in zip(test.radii, test.thresholds) if t <= p_lower][: test.reachable]
+            prediction, radius = (0, certified[-1]) if certified else (ABSTAIN, 0.0)
+        stored = row.radius if row.correct else None
+        assert (prediction == ABSTAIN) == (row.predict == ABSTAIN), row
+        if stored is not None and prediction != ABSTAIN:
+            assert radius == pytest.approx(stored, rel=1e-12, abs=0), row
+
+
+def test_files_of_the_older_formats_still_read_and_merge(trained, tmp_path):
+    """A TSV written before the count columns (9 columns) or with Cohen's 6 still reads, and shards of the old format
+    merge without losing a row (their counts are simply empty)."""
+    old = "\t".join(TSV_COLUMNS[:9]) + "\n" + "3\t1\t1\t0.5\t1\t0.1\tfast\tfloat32\t110\n"
+    cohen = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n7\t2\t-1\t0.0\t0\t0.2\n"
+    (tmp_path / "a.tsv").write_text(old)
+    (tmp_path / "b.tsv").write_text(cohen)
+    assert read_tsv(tmp_path / "a.tsv")["samples"].tolist() == [110]
+    assert read_tsv(tmp_path / "b.tsv")["predict"].tolist() == [-1]
+    merged = read_tsv(merge_shards([tmp_path / "a.tsv", tmp_path / "b.tsv"], tmp_path / "merged.tsv"))
+    assert merged["idx"].tolist() == [3, 7] and merged["radius"].tolist() == [0.5, 0.0]
+    assert merged["nA"].isna().all()

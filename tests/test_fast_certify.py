@@ -142,7 +142,7 @@ def test_every_certifier_is_sound_on_the_fast_path(settings, plan, distance):
     sampler = FastSampler(HalfSpace(0.5), 2, sigma, 2500, (1, 3, 3), CPU, settings)
     items = [(seed, x, torch.Generator().manual_seed(seed), plans[plan]()) for seed in range(4)]
     for _, outcome in sampler.run(items):
-        prediction, radius = outcome.result
+        prediction, radius, _ = outcome.result
         assert prediction == 1
         assert 0 <= radius <= distance
 
@@ -153,14 +153,14 @@ def test_constant_classifier_and_boundary_on_the_fast_path(settings):
     sigma, n, alpha = 0.5, 10_000, 0.001
     sampler = FastSampler(Constant(3), 10, sigma, 1000, (1, 4, 4), CPU, settings)
     [(_, outcome)] = list(sampler.run([(0, torch.rand(1, 4, 4), None, certify_plan(10, n, sigma, alpha))]))
-    assert outcome.result == (3, pytest.approx(max_radius(sigma, n, alpha), rel=1e-12))
+    assert outcome.result[:2] == (3, pytest.approx(max_radius(sigma, n, alpha), rel=1e-12))
     boundary = FastSampler(HalfSpace(0.5), 2, 0.25, 5000, (1, 3, 3), CPU, settings)
     [(_, outcome)] = list(
         boundary.run(
             [(0, torch.full((1, 3, 3), 0.5), torch.Generator().manual_seed(0), certify_plan(100, 20_000, 0.25, 0.001))]
         )
     )
-    assert outcome.result == (-1, 0.0)
+    assert outcome.result[:2] == (-1, 0.0)
 
 
 def test_slots_are_refilled_as_plans_of_different_lengths_finish():

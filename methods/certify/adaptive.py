@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from scipy.stats import norm
 
-from .smoothing import ABSTAIN, lower_confidence_bound, top_two, upper_confidence_bound
+from .smoothing import ABSTAIN, Decision, lower_confidence_bound, selection_counts, top_two, upper_confidence_bound
 
 
 def look_schedule(n: int, first_look: int, growth: float) -> list[int]:
@@ -63,12 +63,16 @@ class SequentialTest:
         # Radii no outcome could certify within n are refuted before any draw.
         self.reachable = sum(1 for t in self.thresholds if t <= best_possible)
         self.lower = 0.0
+        self.evidence = (0, 0)  # (successes, trials) of the look whose bound certified the largest radius so far
 
     def update(self, successes: int, trials: int) -> None:
         """Fold in a look: `successes` draws for A out of `trials` estimation draws so far."""
         self.lower = max(self.lower, lower_confidence_bound(successes, trials, self.level))
+        certified = self.certified
         while self.certified + 1 < self.reachable and self.thresholds[self.certified + 1] <= self.lower:
             self.certified += 1
+        if self.certified > certified:
+            self.evidence = (successes, trials)
         if trials >= self.n:
             self.reachable = self.certified + 1
             return
@@ -113,7 +117,9 @@ def adaptive_plan(
         successes += int(counts[top])
         trials = look
         test.update(successes, trials)
-    return test.answer(top)
+    # the counts that decided the answer: the look that certified its radius (the last look when none was)
+    successes, trials = test.evidence if test.certified >= 0 else (successes, trials)
+    return Decision(*test.answer(top), {**selection_counts(n0, selection, top), "n": trials, "nA": successes})
 
 
 def max_radius(

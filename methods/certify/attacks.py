@@ -182,7 +182,7 @@ def empirical_rows(idx, label, predict, radius, seconds) -> list[dict]:
             "float32",
             0,
         )
-        rows.append(dict(zip(TSV_COLUMNS, values)))
+        rows.append({c: "" for c in TSV_COLUMNS} | dict(zip(TSV_COLUMNS, values)))  # no counts: nothing is drawn
     return rows
 
 

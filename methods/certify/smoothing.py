@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from scipy.stats import binomtest, norm
@@ -183,25 +184,52 @@ def certify_counts(
     return top, sigma * float(norm.ppf(p_lower))
 
 
+class Decision(NamedTuple):
+    """A smoothing certifier's answer for one image, with the counts it was decided on (the TSV's `n0 nA0 n nA nB`
+    columns), so that any α can be re-derived offline and the distribution of p̲A shown.
+
+    counts: n0 = selection draws, nA0 = selection votes of the class A it selected, n = estimation draws it used,
+    nA = estimation votes for A, and nB = estimation votes for the runner-up B of the selection where the certifier
+    bounds B (T-CERTIFY)."""
+
+    prediction: int
+    radius: float
+    counts: dict
+
+
+def selection_counts(n0: int, selection, top: int) -> dict:
+    return {"n0": int(n0), "nA0": int(selection[top])}
+
+
 def certify_plan(n0: int, n: int, sigma: float, alpha: float):
     """CERTIFY as a sampling plan (methods/certify/sampling.py): n0 selection draws, then n fresh ones."""
     selection = yield n0
     estimation = yield n
-    return certify_counts(selection, estimation, sigma, alpha)
+    top = top_two([int(c) for c in selection])[0] if len(selection) > 1 else 0
+    counts = {**selection_counts(n0, selection, top), "n": int(n), "nA": int(estimation[top])}
+    return Decision(*certify_counts(selection, estimation, sigma, alpha), counts)
+
+
+def _two_sided_counts(n0: int, n: int, selection, estimation) -> dict:
+    top, runner_up = top_two([int(c) for c in selection])
+    return {**selection_counts(n0, selection, top), "n": int(n), "nA": int(estimation[top]),
+            "nB": int(estimation[runner_up])}  # fmt: skip
 
 
 def t_certify_plan(n0: int, n: int, sigma: float, alpha: float, split: Sequence[float] = T_CERTIFY_DEFAULT_SPLIT):
     """T-CERTIFY on the same draws as `certify_plan` (same order and sizes), so the two compare image by image."""
     selection = yield n0
     estimation = yield n
-    return t_certify_counts(selection.tolist(), estimation.tolist(), sigma, alpha, split)
+    decided = t_certify_counts(selection.tolist(), estimation.tolist(), sigma, alpha, split)
+    return Decision(*decided, _two_sided_counts(n0, n, selection, estimation))
 
 
 def t_certify_grid_plan(n0: int, n: int, sigma: float, alpha: float, grid: Sequence[Sequence[float]]):
     """Paper-style T-CERTIFY (Bonferroni over the grid) on the same draws as `certify_plan`."""
     selection = yield n0
     estimation = yield n
-    return t_certify_counts_grid(selection.tolist(), estimation.tolist(), sigma, alpha, grid)
+    decided = t_certify_counts_grid(selection.tolist(), estimation.tolist(), sigma, alpha, grid)
+    return Decision(*decided, _two_sided_counts(n0, n, selection, estimation))
 
 
 def predict_plan(n: int, alpha: float, num_classes: int):
@@ -216,7 +244,7 @@ def predict_plan(n: int, alpha: float, num_classes: int):
 
 class Smooth:
     """The smoothed classifier g around `base_classifier` (a batch of [0, 1] images → logits), on the plain path:
-    one image at a time, `batch_size` draws per forward pass (the fast path is methods/sampling.FastSampler)."""
+    one image at a time, `batch_size` draws per forward pass (the fast path is methods/certify/sampling.FastSampler)."""
 
     ABSTAIN = -1
 
@@ -228,8 +256,10 @@ class Smooth:
         self.sigma = sigma
 
     def run(self, plan, x: torch.Tensor, batch_size: int, generator: torch.Generator | None = None):
-        """A sampling plan's answer at x (C, H, W), its draws made by `sample_counts`."""
-        return run_plan(plan, lambda num: self.sample_counts(x, num, batch_size, generator))[0]
+        """A sampling plan's answer at x (C, H, W), its draws made by `sample_counts`; a certifier's Decision comes
+        back as Cohen's (class, radius)."""
+        answer = run_plan(plan, lambda num: self.sample_counts(x, num, batch_size, generator))[0]
+        return (answer.prediction, answer.radius) if isinstance(answer, Decision) else answer
 
     def certify(
         self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int, generator: torch.Generator | None = None

@@ -146,24 +146,13 @@ def certify_run(
         print(f"resuming certification: {len(rows_kept)} of {len(indices)} examples already done", flush=True)
 
     def write(
-        fh, idx: int, label: int, prediction: int, radius: float, seconds: float, path: str, dtype: str, samples: int
-    ) -> None:
+        fh, idx: int, label: int, prediction: int, radius: float, seconds: float, path: str, dtype: str, samples: int,
+        counts: dict | None = None,
+    ) -> None:  # fmt: skip
         correct = int(prediction == label)
-        fh.write(
-            format_row(
-                {
-                    "idx": idx,
-                    "label": label,
-                    "predict": prediction,
-                    "radius": repr(float(radius) if correct else 0.0),
-                    "correct": correct,
-                    "time": repr(seconds),
-                    "path": path,
-                    "dtype": dtype,
-                    "samples": samples,
-                }
-            )
-        )
+        row = {"idx": idx, "label": label, "predict": prediction, "radius": repr(float(radius) if correct else 0.0),
+               "correct": correct, "time": repr(seconds), "path": path, "dtype": dtype, "samples": samples}  # fmt: skip
+        fh.write(format_row({**row, **(counts or {})}))
 
     with (
         open(partial, "a") as fh,
@@ -183,8 +172,10 @@ def certify_run(
                     yield idx, x.to(dev), example_generator(spec["seed"], idx, dev), entry.plan(cfg)
 
             for idx, outcome in run(items()):
-                prediction, radius = outcome.result
-                write(fh, idx, int(labels.pop(idx)), prediction, radius, outcome.seconds, path, dtype, outcome.samples)
+                decision = outcome.result
+                label = int(labels.pop(idx))
+                write(fh, idx, label, decision.prediction, decision.radius, outcome.seconds, path, dtype,
+                      outcome.samples, decision.counts)  # fmt: skip
                 fh.flush()
                 bar.update(1)
             path_info = describe()
