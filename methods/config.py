@@ -25,6 +25,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .certify.registry import CERTIFIERS, BatchEvaluator
 from .core.errors import ConfigError
 from .core.interface import HparamError
 from .core.io import spec_json
@@ -203,6 +204,8 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
         raise ConfigError(f"config error at {where}.hparams.{exc}") from None
 
     cert = spec["certify"]
+    _check_certifiers(cert, method.THREAT_MODEL, run["method"], f"{where}.certify")
+    cert["attack_eps"] = _attack_eps(cert, hparams, f"{where}.certify.attack_eps")
     if cert["n0"] > cert["n"]:
         raise ConfigError(f"config error at {where}.certify.n0: n0 = {cert['n0']} exceeds n = {cert['n']}")
     if cert["sigma"] is None:
@@ -227,6 +230,53 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
         run=name, method=run["method"], hparams=dataclasses.asdict(hparams), seed=seed, threat_model=method.THREAT_MODEL
     )
     return spec
+
+
+def _check_certifiers(cert: dict, threat_model: str, method: str, where: str) -> None:
+    """Every configured certifier is registered and can evaluate the run's method (an ℓ∞ certifier on an ℓ2 run
+    fails here, before any job runs, and not after training)."""
+    for i, name in enumerate(cert["certifiers"]):
+        if name not in CERTIFIERS:
+            raise ConfigError(f"config error at {where}.certifiers.{i}: unknown certifier {name!r} "
+                              f"(known: {', '.join(CERTIFIERS)})")  # fmt: skip
+        if threat_model not in CERTIFIERS[name].threat_models:
+            served = " or ".join(CERTIFIERS[name].threat_models)
+            raise ConfigError(f"config error at {where}.certifiers.{i}: {name} evaluates {served} models; {method} is "
+                              f"{threat_model}")  # fmt: skip
+
+
+def _fraction(value, where: str) -> float:
+    """A radius as written in a config: a number or "k/255" (exact in the config, a float in the spec)."""
+    if isinstance(value, str):
+        numerator, denominator = (int(part) for part in value.split("/"))
+        if denominator == 0:
+            raise ConfigError(f"config error at {where}: division by zero in {value!r}")
+        value = numerator / denominator
+    if not value > 0:
+        raise ConfigError(f"config error at {where}: must be > 0, got {value!r}")
+    return float(value)
+
+
+def _attack_eps(cert: dict, hparams, where: str) -> dict[str, float]:
+    """{evaluator: ε} for the run's single-ε evaluators: as configured, else the run's own test radius."""
+    single = [c for c in cert["certifiers"] if isinstance(CERTIFIERS[c], BatchEvaluator) and CERTIFIERS[c].single_eps]
+    given = cert.get("attack_eps")
+    if isinstance(given, dict):
+        unknown = [name for name in given if name not in single]
+        if unknown:
+            raise ConfigError(f"config error at {where}.{unknown[0]}: not one of this run's *-at-eps evaluators "
+                              f"({', '.join(single) or 'none'})")  # fmt: skip
+    own = getattr(hparams, "eps_test", None) or getattr(hparams, "epsilon", None)
+    out = {}
+    for name in single:
+        value = given.get(name) if isinstance(given, dict) else given
+        if value is None:
+            if own is None:
+                raise ConfigError(f"config error at {where}: {name} needs a radius and the method has no eps_test or "
+                                  f"epsilon hyper-parameter to default to")  # fmt: skip
+            value = own
+        out[name] = _fraction(value, f"{where}.{name}" if isinstance(given, dict) else where)
+    return out
 
 
 def notes_of(config: dict) -> dict[str, str]:

@@ -47,6 +47,32 @@ def interval_evaluator(model, info: dict, cfg: dict, seed: int) -> Evaluate:
     return run
 
 
+def at_eps(build_attack: Callable[[int], Callable], per_example: bool = True, scaled_logits: bool = False):
+    """A builder of a standalone attack at exactly one ε (`cfg["attack_eps"]`, resolved per run by the config): the
+    papers' protocol for a robust-accuracy number (one attack at the reported ε, not the ε grid's union of attacks).
+    radius = ε where the clean prediction is right and the attack at ε fails, else 0; a PGD preset keeps its own step
+    at its own ε and scales it with ε elsewhere."""
+
+    def build(model, info: dict, cfg: dict, seed: int) -> Evaluate:
+        eps = float(cfg["attack_eps"])
+        attack = build_attack(info["num_classes"])
+        target = ScaledLogits(model) if scaled_logits else model
+
+        def run(xs, ys, idxs):
+            predictions = predict(target, xs)
+            if per_example:
+                generators = [torch.Generator().manual_seed(seed * 2**32 + idx) for idx in idxs]
+                x_adv = attack(target, xs, ys, eps, generator=generators)
+            else:
+                x_adv = attack(target, xs, ys, eps)
+            robust = (predictions == ys) & (predict(target, x_adv) == ys)
+            return predictions, robust.to(torch.float64) * eps
+
+        return run
+
+    return build
+
+
 def pgd_preset(preset: PGD, loss: str = "ce", random_start: bool | str = False) -> Callable[[int], PGD]:
     """num_classes -> the preset with this loss and start (PGD does not depend on the number of classes)."""
     return lambda num_classes: replace(preset, loss=loss, random_start=random_start)

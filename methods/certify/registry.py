@@ -46,11 +46,12 @@ class Certifier:
     norm: str  # "l2" or "linf"
     kind: str  # "certified" (a guarantee) or "empirical" (an attack's upper bound on the robust radius)
     note: str = ""  # a caveat the report prints beside its rows
+    own_settings: tuple[str, ...] = ()  # certify settings only this certifier reads, beyond its norm's
 
     @property
     def settings(self) -> tuple[str, ...]:
         """The certify settings it reads (the keys its certify job's spec keeps)."""
-        return SETTINGS[self.norm]
+        return SETTINGS[self.norm] + self.own_settings
 
     def record(self, cfg: dict) -> dict:
         """What the sidecar records of its own settings."""
@@ -89,10 +90,19 @@ class BatchEvaluator(Certifier):
     norm: str = "linf"
 
     def record(self, cfg: dict) -> dict:
+        if self.single_eps:
+            return {"attack_eps": cfg["attack_eps"], "batch_size": cfg["batch_size"]}
         return {"eps_grid": cfg["eps_grid"], "batch_size": cfg["batch_size"]}
 
     def max_radius(self, cfg: dict, num_classes: int) -> float | None:
+        if self.single_eps:
+            return float(cfg["attack_eps"])
         return None if self.unbounded else max(cfg["eps_grid"])
+
+    @property
+    def single_eps(self) -> bool:
+        """A standalone attack at one ε (`certify.attack_eps`), not an ε grid."""
+        return "attack_eps" in self.own_settings
 
 
 # ------------------------------------------------------------------------------------------------ ℓ2 smoothing
@@ -159,6 +169,18 @@ ADAPTIVE = SmoothingCertifier(
 _EMPIRICAL = "empirical radius (the largest eps of the grid the attack fails at): an upper bound on robustness, not a certificate"  # noqa: E501
 
 
+def _at_eps(build_attack, per_example: bool = True, **kw) -> BatchEvaluator:
+    """A standalone attack at exactly the run's `certify.attack_eps` (default its own test ε): the protocol of a
+    published robust accuracy (one attack at the reported ε and the reference's step)."""
+    return BatchEvaluator(
+        build=linf.at_eps(build_attack, per_example, kw.pop("scaled_logits", False)),
+        kind="empirical",
+        own_settings=("attack_eps",),
+        threat_models=kw.pop("threat_models", ("linf-certified", "linf-empirical")),
+        note=kw.pop("note"),
+    )
+
+
 def _attack(build_attack, per_example: bool = True, **kw) -> BatchEvaluator:
     """An attack's empirical radius on the ε grid (PGD steps ε/4 at every grid ε, no random start unless said)."""
     return BatchEvaluator(
@@ -195,6 +217,35 @@ CERTIFIERS: dict[str, Certifier] = {
         note="the l-inf-dist papers' PGD: 100 steps of eps/4 from x + clip(N(0, (eps/4)^2), +-eps/2), CE on s*z; "
         "empirical (an upper bound), not a certificate",
     ),
+    "pgd20-at-eps": _at_eps(
+        linf.pgd_preset(attacks.BACKWARD_SMOOTHING_PGD20),
+        note="PGD-20 at exactly attack_eps, the backward-smoothing evaluation: CE, step 0.0078 at eps 0.031 (the same "
+        "fraction of eps elsewhere), no random start; empirical (an upper bound), not a certificate",
+    ),
+    "pgd100-at-eps": _at_eps(
+        linf.pgd_preset(attacks.BACKWARD_SMOOTHING_PGD100),
+        note="PGD-100 at exactly attack_eps, the backward-smoothing evaluation: CE, step 0.0078 at eps 0.031 (the same "
+        "fraction of eps elsewhere), no random start; empirical (an upper bound), not a certificate",
+    ),
+    "autoattack-at-eps": _at_eps(
+        linf.autoattack_preset,
+        per_example=False,
+        note="AutoAttack standard at exactly attack_eps; empirical (an upper bound), not a certificate",
+    ),
+    "linf-dist-pgd100-at-eps": _at_eps(
+        linf.pgd_preset(attacks.PGD100, random_start="gaussian"),
+        scaled_logits=True,
+        threat_models=("linf-certified",),
+        note="the l-inf-dist v2 evaluation at exactly attack_eps (the run's eps_test): PGD-100, steps of eps/4 from "
+        "x + clip(N(0, (eps/4)^2), +-eps/2), CE on s*z; empirical (an upper bound), not a certificate",
+    ),
+    "linf-dist-pgd20-at-eps": _at_eps(
+        linf.pgd_preset(attacks.PGD20, random_start="gaussian"),
+        scaled_logits=True,
+        threat_models=("linf-certified",),
+        note="the l-inf-dist v1 evaluation at exactly attack_eps (the run's eps_test): PGD-20, steps of eps/4 from "
+        "x + clip(N(0, (eps/4)^2), +-eps/2); empirical (an upper bound), not a certificate",
+    ),
 }
 
 #: Caveats the report prints beside a certifier's rows.
@@ -208,9 +259,14 @@ def get_certifier(name: str) -> Certifier:
 
 
 def certifier_spec(spec: dict, certifier: str) -> dict:
-    """`spec` with its certify section cut to what `certifier` reads."""
+    """`spec` with its certify section cut to what `certifier` reads (a single-ε attack: its own ε of the run's
+    `attack_eps` mapping, so changing another evaluator's ε reruns nothing here)."""
     keep = get_certifier(certifier).settings
-    return {**spec, "certify": {k: v for k, v in spec["certify"].items() if k in keep}}
+    cfg = {k: v for k, v in spec["certify"].items() if k in keep}
+    if "attack_eps" in cfg:
+        eps = cfg["attack_eps"]
+        cfg["attack_eps"] = eps.get(certifier) if isinstance(eps, dict) else eps
+    return {**spec, "certify": cfg}
 
 
 def check_serves(certifier: str, threat_model: str, what: str) -> None:

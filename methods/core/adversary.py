@@ -167,6 +167,9 @@ class PGD:
     restarts: int = 1
 
     def at(self, eps: float) -> PGD:
+        """The same attack at another ε, its step the same fraction of ε (itself, exactly, at its own ε)."""
+        if eps == self.eps:
+            return self
         return replace(self, eps=eps, step_size=self.step_size * eps / self.eps)
 
     def __call__(self, model, x, y, eps: float | None = None, generator: torch.Generator | None = None):

@@ -10,8 +10,14 @@ Uncertainty (95 %):
 - one seed, ACR: a t-interval over images of radius·correct (a mean, not a proportion);
 - several seeds: mean ± std over seeds and a t-interval over seeds (the seed-to-seed spread, which contains the
   image sampling noise of each seed).
-`outside` flags a published value outside the interval. A published value from another dataset than the run's (the
-digits runs point at the CIFAR-10 setting they scale down) is shown for orientation only: no difference, no flag.
+- a published best of N seeds: the best of ours, with that seed's interval.
+`outside` flags a published value outside the interval, and only where the two numbers were measured by the same
+protocol: the same evaluator and settings (n0, n, α of smoothing; for an attack, one standalone attack at exactly the
+published ε, not the ε grid's union of attacks), the same test images, the same kind of seed aggregate (a single
+model, the mean, or the best of as many seeds) and float32 (every paper here trained and certified in float32).
+Each row shows both protocols and, where they differ, why (`protocol_match`). A published value from another dataset
+than the run's (the digits runs point at the CIFAR-10 setting they scale down) is shown for orientation only: no
+difference, no flag.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
+from ..certify.registry import CERTIFIERS
 from ..core.tsv import read_tsv
-from .published import select
+from .published import PUBLISHED_DTYPE, parse_protocol, parse_seeds, parse_subset, select
 
 LEVEL = 0.95
 #: Metrics compared image by image from the per-example TSVs (timing lives in the timing table).
@@ -69,8 +76,16 @@ def _hits(frame: pd.DataFrame, radius: float) -> np.ndarray:
     return ((frame["correct"] == 1) & (frame["radius"] >= radius - _GRID_TOLERANCE)).to_numpy()
 
 
-def estimate(frames: list[pd.DataFrame], metric: str, radius: float = 0.0, level: float = LEVEL) -> Estimate:
-    """The metric over per-example frames, one frame per seed, with its interval (see the module docstring)."""
+def estimate(
+    frames: list[pd.DataFrame], metric: str, radius: float = 0.0, level: float = LEVEL, aggregate: str = "mean"
+) -> Estimate:
+    """The metric over per-example frames, one frame per seed, with its interval (see the module docstring).
+    aggregate "best": the best seed's value and that seed's own interval (to set beside a published best-of-N)."""
+    if aggregate == "best" and len(frames) > 1:
+        scores = [estimate([f], metric, radius, level) for f in frames]
+        best = max(scores, key=lambda e: e.value)
+        return Estimate(best.value, math.nan, best.low, best.high, len(frames),
+                        f"best of {len(frames)} seeds; {best.interval} of that seed")  # fmt: skip
     if metric == "acr":
         per_image = [(f["radius"] * f["correct"]).to_numpy(dtype=float) for f in frames]
     else:
@@ -116,9 +131,121 @@ def _pick_certifier(rows: pd.DataFrame, wanted: str, metric: str) -> str | None:
     return linf[0] if metric == "clean_accuracy" and linf else None
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """What produced a number: the evaluator and its settings, the test images, the seeds, the precision."""
+
+    certifier: str
+    settings: str  # "n0=100, n=100000, alpha=0.001" / "eps=0.031" / "eps grid 0.031, 0.0314" / ""
+    subset: str  # "start:skip:count" ("not stated" where a source does not say)
+    seeds: str  # "single", "best of N", "mean of N"
+    dtype: str  # "float32", or what differed ("certify bfloat16, train float32")
+
+    def describe(self) -> str:
+        parts = [self.certifier or "?", self.settings, f"images {self.subset}", self.seeds, self.dtype]
+        return "; ".join(p for p in parts if p)
+
+
+def _sidecar(certify_file) -> dict:
+    return json.loads(Path(certify_file).with_suffix(".json").read_text())
+
+
+def _train_dtype(certify_file) -> str:
+    """The dtype the run trained in, from its train log (the fast path's bf16 autocast says bfloat16)."""
+    log = Path(certify_file).parent.parent / "train_log.tsv"
+    if not log.exists():
+        return "unknown"
+    dtypes = pd.read_csv(log, sep="\t").get("dtype", pd.Series(["float32"])).dropna().astype(str)
+    return "/".join(sorted(set(dtypes))) or "float32"
+
+
+def _settings(meta: dict) -> str:
+    if meta.get("attack_eps") is not None:
+        return f"eps={meta['attack_eps']:.6g}"
+    if meta.get("norm") == "linf" and meta.get("eps_grid"):
+        return "eps grid " + ", ".join(f"{e:.6g}" for e in meta["eps_grid"])
+    if meta.get("n") is not None:
+        return f"n0={meta['n0']}, n={meta['n']}, alpha={meta['alpha']}"
+    return ""
+
+
+def _published_protocol(pub) -> Protocol:
+    settings = parse_protocol(pub.protocol)
+    if settings:
+        text = ", ".join(f"{k}={v}" for k, v in settings.items())
+    elif pub.certifier and CERTIFIERS.get(pub.certifier) is not None and pub.certifier.endswith("-at-eps"):
+        text = f"eps={pub.epsilon:.6g}"
+    else:
+        text = ""
+    return Protocol(pub.certifier, text, pub.subset or "not stated", pub.seeds or "not stated", PUBLISHED_DTYPE)
+
+
+def _reproduced_protocol(files: list, aggregate: str) -> Protocol:
+    metas = [_sidecar(f) for f in files]
+    meta, sub = metas[0], metas[0]["subset"]
+    dtypes = {"certify": sorted({m.get("dtype", "float32") for m in metas}),
+              "train": sorted({_train_dtype(f) for f in files})}  # fmt: skip
+    if all(d == [PUBLISHED_DTYPE] for d in dtypes.values()):
+        dtype = PUBLISHED_DTYPE
+    else:
+        dtype = ", ".join(f"{k} {'/'.join(v)}" for k, v in dtypes.items())
+    seeds = "single" if len(files) == 1 else f"{aggregate} of {len(files)}"
+    return Protocol(meta["certifier"], _settings(meta), f"{sub['start']}:{sub['skip']}:{sub['examples']}", seeds, dtype)
+
+
+def protocol_mismatches(pub, ours: Protocol, metas: list[dict]) -> list[str]:
+    """Why the reproduced number was not measured the way the published one was (empty: like with like). A clean
+    accuracy is any evaluator's clean pass: only its images, seeds and precision must match."""
+    reasons = [] if pub.metric == "clean_accuracy" else _evaluator_mismatches(pub, metas[0])
+    return reasons + _sample_mismatches(pub, ours, metas)
+
+
+def _evaluator_mismatches(pub, meta: dict) -> list[str]:
+    reasons = []
+    wanted = parse_protocol(pub.protocol)
+    for key, value in wanted.items():
+        if meta.get(key) != value:
+            reasons.append(f"{key} {meta.get(key)} vs published {value}")
+    entry = CERTIFIERS.get(meta["certifier"])
+    if pub.metric in ("pgd_accuracy", "autoattack_accuracy"):
+        if meta.get("attack_eps") is None:
+            reasons.append(f"{meta['certifier']} walks an eps grid (robust = survived every grid eps' <= eps: a union "
+                           f"of attacks), the paper attacks once at eps")  # fmt: skip
+        elif abs(float(meta["attack_eps"]) - float(pub.epsilon)) > _GRID_TOLERANCE:
+            reasons.append(f"attacked at eps {meta['attack_eps']:.6g}, published at {pub.epsilon:.6g}")
+    elif entry is not None and getattr(entry, "single_eps", False) and pd.notna(pub.epsilon):
+        if abs(float(meta["attack_eps"]) - float(pub.epsilon)) > _GRID_TOLERANCE:
+            reasons.append(f"attacked at eps {meta['attack_eps']:.6g}, published at {pub.epsilon:.6g}")
+    return reasons
+
+
+def _sample_mismatches(pub, ours: Protocol, metas: list[dict]) -> list[str]:
+    reasons, meta = [], metas[0]
+    subset = parse_subset(pub.subset)
+    ours_subset = (meta["subset"]["start"], meta["subset"]["skip"], meta["subset"]["examples"])
+    if subset is None:
+        reasons.append("published subset not stated")
+    elif subset != ours_subset:
+        reasons.append(f"subset differs: {ours.subset} vs published {pub.subset}")
+    seeds = parse_seeds(pub.seeds)
+    if seeds is None:
+        reasons.append("published seeds not stated")
+    elif seeds[0] == "best":
+        if seeds[1] is None:
+            reasons.append(f"published best of an unstated number of seeds, ours {ours.seeds}")
+        elif seeds[1] != len(metas):
+            reasons.append(f"published best of {seeds[1]} seeds, ours {ours.seeds}")
+    elif seeds[0] == "mean" and len(metas) < 2:
+        reasons.append("published mean over seeds, ours a single seed")
+    if ours.dtype != PUBLISHED_DTYPE:
+        reasons.append(f"{ours.dtype} (the papers: {PUBLISHED_DTYPE})")
+    return reasons
+
+
 def comparison_table(summary: pd.DataFrame, published: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     """One row per (run, checkpoint, published number) of the runs that name a published setting, plus one row per
-    radius of each published upper envelope (Salman et al.) whose method this summary has."""
+    radius of each published upper envelope (Salman et al.) whose method this summary has. Each row carries the
+    protocol of both sides; only a row whose protocols match is flagged `outside`."""
     checkpoint = summary.get("checkpoint", pd.Series("last", index=summary.index)).fillna("last")
     summary = summary.assign(checkpoint=checkpoint)
     rows = []
@@ -129,59 +256,33 @@ def comparison_table(summary: pd.DataFrame, published: pd.DataFrame, level: floa
             for pub in select(published, ref["paper"], ref["dataset"], ref["setting"]).itertuples(index=False):
                 if pub.metric not in COMPARED:
                     continue
-                row = {
-                    "run": run,
-                    "checkpoint": ckpt,
-                    "paper": pub.paper,
-                    "source": pub.source,
-                    "setting": pub.setting,
-                    "published_dataset": pub.dataset,
-                    "status": pub.status,
-                    "metric": pub.metric,
-                    "radius": pub.radius,
-                    "published": pub.value,
-                }
+                row = {"run": run, "checkpoint": ckpt, "paper": pub.paper, "source": pub.source,
+                       "setting": pub.setting, "published_dataset": pub.dataset, "status": pub.status,
+                       "metric": pub.metric, "radius": pub.radius, "published": pub.value,
+                       "published_protocol": _published_protocol(pub).describe()}  # fmt: skip
                 certifier = _pick_certifier(group, pub.certifier, pub.metric)
                 row["certifier"] = certifier or (pub.certifier or "")
                 rows.append(_fill(row, group, certifier, pub, comparable=pub.dataset == dataset, level=level))
     rows += _envelope_rows(summary, published, level)
-    columns = [
-        "run",
-        "checkpoint",
-        "certifier",
-        "paper",
-        "source",
-        "setting",
-        "published_dataset",
-        "status",
-        "metric",
-        "radius",
-        "seeds",
-        "reproduced",
-        "std",
-        "ci_low",
-        "ci_high",
-        "interval",
-        "published",
-        "difference",
-        "outside",
-        "note",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+#: The reproduced-vs-published table's columns.
+COLUMNS = ["run", "checkpoint", "certifier", "paper", "source", "setting", "published_dataset", "status", "metric",
+           "radius", "seeds", "reproduced", "std", "ci_low", "ci_high", "interval", "published", "difference",
+           "outside", "protocol_match", "reproduced_protocol", "published_protocol", "note"]  # fmt: skip
+
+
+def _aggregate(pub) -> str:
+    seeds = parse_seeds(pub.seeds)
+    return seeds[0] if seeds is not None and seeds[0] in ("best", "mean") else "mean"
 
 
 def _fill(row: dict, group: pd.DataFrame, certifier: str | None, pub, comparable: bool, level: float) -> dict:
-    """The reproduced estimate of one published number, its difference and flag."""
-    empty = {
-        "seeds": 0,
-        "reproduced": math.nan,
-        "std": math.nan,
-        "ci_low": math.nan,
-        "ci_high": math.nan,
-        "interval": "",
-        "difference": math.nan,
-        "outside": "",
-    }
+    """The reproduced estimate of one published number, both protocols, its difference and flag."""
+    empty = {"seeds": 0, "reproduced": math.nan, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+             "interval": "", "difference": math.nan, "outside": "", "protocol_match": "",
+             "reproduced_protocol": ""}  # fmt: skip
     if certifier is None:
         return {**row, **empty, "note": f"this run has no {pub.certifier or 'l-inf'} evaluation"}
     files = list(group[group["certifier"] == certifier]["certify_file"])
@@ -193,20 +294,16 @@ def _fill(row: dict, group: pd.DataFrame, certifier: str | None, pub, comparable
         and not any(abs(radius - g) <= _GRID_TOLERANCE for g in grid)
     ):
         return {**row, **empty, "note": f"eps {radius:.6g} is not on the {certifier} grid"}
-    est = estimate([read_tsv(f) for f in files], pub.metric, radius, level)
+    aggregate = _aggregate(pub)
+    est = estimate([read_tsv(f) for f in files], pub.metric, radius, level, aggregate=aggregate)
+    ours = _reproduced_protocol(files, aggregate)
+    reasons = protocol_mismatches(pub, ours, [_sidecar(f) for f in files])
     note = "" if comparable else f"published on {pub.dataset}: orientation only, not comparable"
-    out = {
-        **row,
-        "seeds": est.seeds,
-        "reproduced": est.value,
-        "std": est.std,
-        "ci_low": est.low,
-        "ci_high": est.high,
-        "interval": est.interval,
-        "note": note,
-    }
+    out = {**row, "seeds": est.seeds, "reproduced": est.value, "std": est.std, "ci_low": est.low, "ci_high": est.high,
+           "interval": est.interval, "note": note, "reproduced_protocol": ours.describe(),
+           "protocol_match": "yes" if not reasons else "no: " + "; ".join(reasons)}  # fmt: skip
     out["difference"] = est.value - pub.value if comparable else math.nan
-    out["outside"] = _outside(est, pub.value) if comparable else ""
+    out["outside"] = _outside(est, pub.value) if comparable and not reasons else ""
     return out
 
 
@@ -224,7 +321,8 @@ def _envelope_rows(summary: pd.DataFrame, published: pd.DataFrame, level: float)
         ]
         if part.empty:
             continue
-        frames = {run: [read_tsv(f) for f in g["certify_file"]] for run, g in part.groupby("run", sort=False)}
+        files = {run: list(g["certify_file"]) for run, g in part.groupby("run", sort=False)}
+        frames = {run: [read_tsv(f) for f in fs] for run, fs in files.items()}
         scored = sorted(
             frames,
             key=lambda run: (
@@ -235,30 +333,17 @@ def _envelope_rows(summary: pd.DataFrame, published: pd.DataFrame, level: float)
         )
         best = scored[0]
         est = estimate(frames[best], "certified_accuracy", float(pub.radius), level)
-        rows.append(
-            {
-                "run": f"envelope of {len(frames)} {pub.method} runs (best: {best})",
-                "checkpoint": "last",
-                "certifier": pub.certifier,
-                "paper": pub.paper,
-                "source": pub.source,
-                "setting": pub.setting,
-                "published_dataset": pub.dataset,
-                "status": pub.status,
-                "metric": pub.metric,
-                "radius": pub.radius,
-                "seeds": est.seeds,
-                "reproduced": est.value,
-                "std": est.std,
-                "ci_low": est.low,
-                "ci_high": est.high,
-                "interval": est.interval,
-                "published": pub.value,
-                "difference": est.value - pub.value,
-                "outside": _outside(est, pub.value),
-                "note": "max over runs: optimistic; interval of the best run only",
-            }
-        )
+        ours = _reproduced_protocol(files[best], "mean")
+        reasons = protocol_mismatches(pub, ours, [_sidecar(f) for f in files[best]])
+        rows.append({"run": f"envelope of {len(frames)} {pub.method} runs (best: {best})", "checkpoint": "last",
+                     "certifier": pub.certifier, "paper": pub.paper, "source": pub.source, "setting": pub.setting,
+                     "published_dataset": pub.dataset, "status": pub.status, "metric": pub.metric,
+                     "radius": pub.radius, "seeds": est.seeds, "reproduced": est.value, "std": est.std,
+                     "ci_low": est.low, "ci_high": est.high, "interval": est.interval, "published": pub.value,
+                     "difference": est.value - pub.value, "outside": _outside(est, pub.value) if not reasons else "",
+                     "protocol_match": "yes" if not reasons else "no: " + "; ".join(reasons),
+                     "reproduced_protocol": ours.describe(), "published_protocol": _published_protocol(pub).describe(),
+                     "note": "max over runs: optimistic; interval of the best run only"})  # fmt: skip
     return rows
 
 

@@ -9,12 +9,19 @@ which of this repo's evaluators reproduces it (``certifier``) and how far to tru
 Units: accuracies are fractions in [0, 1]; ``sigma`` is the ℓ2 noise level; ``epsilon`` and the radius of ℓ∞ rows
 are in pixel units ([0, 1] images); timings are as printed (seconds, hours, epochs). A row's ``setting`` is the
 label a config points at, unique within (paper, dataset, method).
+
+The protocol that produced each number, so that a reproduction is compared like with like (methods/report/compare.py):
+``certifier`` (the evaluator: for an attack, one standalone attack at exactly ``epsilon`` where the paper reports
+one), ``protocol`` (the evaluator's settings as ``key=value;...``: n0, n and alpha of smoothing), ``subset`` (the test
+images, ``start:skip:count``; empty where the source does not say), ``seeds`` (``single``, ``best of N`` or ``mean of
+N``, N = ``?`` where not stated; empty for timings). Every paper here trained and certified in float32.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -35,6 +42,9 @@ COLUMNS = (
     "radius",
     "value",
     "certifier",
+    "protocol",
+    "subset",
+    "seeds",
     "hardware",
     "status",
     "note",
@@ -47,8 +57,15 @@ STATUSES = ("verified", "approximate", "unverified")
 DATASETS = ("cifar10", "cifar100", "imagenet", "mnist")
 #: Salman's headline tables: at each radius the best model of a whole training grid, so no single σ.
 ENVELOPE_SETTING = "envelope"
-#: A row is identified by these; two rows with the same key are a transcription error.
-KEY = ("paper", "dataset", "method", "setting", "metric", "radius")
+#: A row is identified by these; two rows with the same key are a transcription error (a number may be compared by
+#: two evaluators, e.g. the ℓ∞-dist papers' certified accuracy by interval bounds and by margin / 2).
+KEY = ("paper", "dataset", "method", "setting", "metric", "radius", "certifier")
+#: The precision every paper here trained and certified in.
+PUBLISHED_DTYPE = "float32"
+#: The keys a `protocol` cell may set, and their types.
+PROTOCOL_KEYS = {"n0": int, "n": int, "alpha": float}
+_SEEDS = re.compile(r"^(single|(best|mean) of ([0-9]+|\?))$")
+_SUBSET = re.compile(r"^[0-9]+:[0-9]+:[0-9]+$")
 #: Columns that no row may leave empty.
 REQUIRED = ("paper", "source", "dataset", "method", "setting", "metric", "value", "status")
 
@@ -98,6 +115,14 @@ def load(path: Path | str = PUBLISHED_CSV) -> pd.DataFrame:
                 raise ValueError(
                     f"{_where(path, row, column)}: unknown {column} {rec[column]!r} (known: {', '.join(known)})"
                 )
+        if rec["seeds"] and not _SEEDS.match(rec["seeds"]):
+            raise ValueError(f"{_where(path, row, 'seeds')}: {rec['seeds']!r} is not single, best of N or mean of N")
+        if rec["subset"] and not _SUBSET.match(rec["subset"]):
+            raise ValueError(f"{_where(path, row, 'subset')}: {rec['subset']!r} is not start:skip:count")
+        try:
+            parse_protocol(rec["protocol"])
+        except ValueError as err:
+            raise ValueError(f"{_where(path, row, 'protocol')}: {err}") from None
         if rec["certifier"] and rec["certifier"] not in CERTIFIERS:
             raise ValueError(
                 f"{_where(path, row, 'certifier')}: unknown certifier {rec['certifier']!r} "
@@ -148,3 +173,29 @@ def select(frame: pd.DataFrame, paper: str, dataset: str, setting: str) -> pd.Da
         hint = f"close matches: {', '.join(close)}" if close else "no close match"
         raise KeyError(f"no published setting {paper}/{dataset}/{setting} ({hint})")
     return rows.reset_index(drop=True)
+
+
+def parse_protocol(cell: str) -> dict:
+    """A `protocol` cell ("n0=100;n=100000;alpha=0.001") as a dict of typed values ({} for an empty cell)."""
+    out = {}
+    for item in filter(None, (part.strip() for part in (cell or "").split(";"))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in PROTOCOL_KEYS:
+            raise ValueError(f"{item!r} is not one of {', '.join(f'{k}=...' for k in PROTOCOL_KEYS)}")
+        out[key] = PROTOCOL_KEYS[key](value)
+    return out
+
+
+def parse_subset(cell: str) -> tuple[int, int, int] | None:
+    """A `subset` cell "start:skip:count" as integers (None where the source does not say)."""
+    return tuple(int(v) for v in cell.split(":")) if cell else None
+
+
+def parse_seeds(cell: str) -> tuple[str, int | None] | None:
+    """A `seeds` cell as ("single", 1), ("best", N) or ("mean", N); N None where not stated; None for an empty cell."""
+    if not cell:
+        return None
+    if cell == "single":
+        return "single", 1
+    kind, _, count = cell.split(" ")
+    return kind, None if count == "?" else int(count)
