@@ -37,7 +37,8 @@ def _spec(method: str) -> dict:
     run = next(name for name, r in config["runs"].items() if r["method"] == method)
     spec = mc.resolve_run(config, run, seed=0)
     spec["device"] = "cpu"
-    spec["certify"].update(n0=10, n=100, batch_size=50, skip=50, count=4, eps_grid=[0.05, 0.1], compile=False)
+    spec["certify"].update(n0=10, n=100, batch_size=50, skip=50, count=4, eps_grid=[0.05, 0.1], compile=False,
+                           attack_eps=0.1)  # fmt: skip
     return spec
 
 
@@ -107,3 +108,19 @@ def test_the_certifier_refuses_a_threat_model_it_cannot_serve(certifier, threat_
     with pytest.raises(ValueError, match=f"certifier {certifier} needs a .* model; .* is {threat_model}"):
         certify_run(model, spec, tmp_path / "out.tsv", certifier, device="cpu", progress=False)
     assert not (tmp_path / "out.tsv").exists()
+
+
+def test_a_single_eps_attack_gives_eps_exactly_where_the_attack_fails(model_files, tmp_path):
+    """*-at-eps: radius ε where the clean prediction is right and the one attack at ε fails, else 0; at a tiny ε no
+    attack can flip a confident prediction, at a huge one every prediction flips."""
+    model, spec = model_files["linf-empirical"]
+    frames = {}
+    for eps in (1e-6, 1.0):
+        spec = {**spec, "certify": {**spec["certify"], "attack_eps": eps, "count": 8, "skip": 20}}
+        out = certify_run(model, spec, tmp_path / f"{eps}.tsv", "pgd20-at-eps", device="cpu", progress=False)
+        frames[eps] = read_tsv(out)
+        assert set(frames[eps]["radius"]) <= {0.0, eps}
+        assert json.loads(out.with_suffix(".json").read_text())["attack_eps"] == eps
+    tiny, huge = frames[1e-6], frames[1.0]
+    assert (tiny["radius"] > 0).sum() == tiny["correct"].sum()  # nothing flips at 1e-6
+    assert (huge["radius"] == 0).all()  # at ε = 1 the attack reaches any image

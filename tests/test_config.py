@@ -378,3 +378,36 @@ def test_cifar10_config_carries_the_linf_dist_v1_settings():
     )
     assert train["weight_decay"] == 0.0 and spec["hparams"]["row_weight_decay"] == paper["weight_decay"]
     assert train["augment"] is True  # RandomCrop(32, pad 4, zeros) + flip: the CIFAR-10 standard
+
+
+@pytest.mark.parametrize(
+    "certify, words",
+    [
+        ({"certifiers": ["cohen", "nope"]}, "runs.x.certify.certifiers.1: unknown certifier 'nope'"),
+        (
+            {"certifiers": ["linf-margin"]},
+            "runs.x.certify.certifiers.0: linf-margin evaluates linf-certified models; cohen is l2-smoothing",
+        ),
+        ({"certifiers": ["pgd20"]}, "runs.x.certify.certifiers.0: pgd20 evaluates"),
+    ],
+)
+def test_a_certifier_that_cannot_serve_the_run_is_refused_before_any_job(certify, words):
+    with pytest.raises(mc.ConfigError) as err:
+        mc.validate({"runs": {"x": {"method": "cohen", "certify": certify}}})
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_attack_eps_resolves_per_evaluator_with_the_runs_own_radius_as_default():
+    run = {"method": "backward_smoothing", "hparams": {"epsilon": 0.031},
+           "certify": {"certifiers": ["pgd20-at-eps", "autoattack-at-eps", "pgd20"]}}  # fmt: skip
+    spec = mc.resolve_run(mc.validate({"runs": {"x": run}}), "x", 0)
+    assert spec["certify"]["attack_eps"] == {"pgd20-at-eps": 0.031, "autoattack-at-eps": 0.031}
+    run["certify"]["attack_eps"] = {"autoattack-at-eps": "8/255"}
+    spec = mc.resolve_run(mc.validate({"runs": {"x": run}}), "x", 0)
+    assert spec["certify"]["attack_eps"] == {"pgd20-at-eps": 0.031, "autoattack-at-eps": 8 / 255}
+    run["certify"]["attack_eps"] = {"pgd100-at-eps": 0.1}
+    with pytest.raises(mc.ConfigError, match="attack_eps.pgd100-at-eps: not one of this run's"):
+        mc.validate({"runs": {"x": run}})
+    run["certify"]["attack_eps"] = "8/0"
+    with pytest.raises(mc.ConfigError, match="division by zero"):
+        mc.validate({"runs": {"x": run}})

@@ -13,7 +13,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_RUNS = ("cohen-0.12", "cohen-0.25", "cohen-0.50", "salman-0.25", "macer-0.25", "feng-0.25")  # ℓ2
-LINF_RUNS = {"linf-dist-0.1": "linf-interval,linf-margin,pgd20", "backward-smoothing-0.1": "pgd100,pgd20"}
+LINF_RUNS = {
+    "linf-dist-0.1": "linf-dist-pgd100-at-eps,linf-interval,linf-margin,pgd20",
+    "backward-smoothing-0.1": "pgd100,pgd20,pgd20-at-eps",
+}
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -54,6 +54,8 @@ def at_eps(build_attack: Callable[[int], Callable], per_example: bool = True, sc
     at its own ε and scales it with ε elsewhere."""
 
     def build(model, info: dict, cfg: dict, seed: int) -> Evaluate:
+        if cfg.get("attack_eps") is None:
+            raise ValueError("certify.attack_eps is not set for this evaluator (resolve the spec through the config)")
         eps = float(cfg["attack_eps"])
         attack = build_attack(info["num_classes"])
         target = ScaledLogits(model) if scaled_logits else model
