@@ -25,7 +25,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .certify.registry import CERTIFIERS, BatchEvaluator
+from .certify.registry import CERTIFIERS, DEFAULT_CERTIFIERS, BatchEvaluator
 from .core.errors import ConfigError
 from .core.interface import HparamError
 from .core.io import spec_json
@@ -204,6 +204,8 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
         raise ConfigError(f"config error at {where}.hparams.{exc}") from None
 
     cert = spec["certify"]
+    if cert["certifiers"] is None:
+        cert["certifiers"] = list(DEFAULT_CERTIFIERS[method.THREAT_MODEL])
     _check_certifiers(cert, method.THREAT_MODEL, run["method"], f"{where}.certify")
     cert["attack_eps"] = _attack_eps(cert, hparams, f"{where}.certify.attack_eps")
     if cert["n0"] > cert["n"]:
@@ -212,6 +214,8 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
         cert["sigma"] = getattr(hparams, "sigma", None)
     if cert["adaptive"]["radii"] is None:  # the adaptive certifier decides the radii the tables ask about
         cert["adaptive"]["radii"] = list(spec["report"]["radii"])
+    if cert["sequential"]["radii"] is None:  # so does the sequential certifier
+        cert["sequential"]["radii"] = list(spec["report"]["radii"])
     if abs(sum(cert["t_certify_split"]) - 1) > 1e-9:
         raise ConfigError(
             f"config error at {where}.certify.t_certify_split: the fractions of alpha must sum to 1, "

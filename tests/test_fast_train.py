@@ -233,7 +233,8 @@ def test_a_compiled_fast_step_runs_the_attack_through_the_compiled_model(monkeyp
     x, y = torch.rand(33, 1, 8, 8), torch.randint(0, 10, (33,))  # 33 = 16 + 16 + 1 with m = 2
     _, ref_loss, _, _ = _one_step(_spec("salman-pgd"), x, y)
     fast, fast_loss, _, _ = _one_step(_spec("salman-pgd", fast=True, compile=True), x, y)
-    assert fast.path.compile and isinstance(fast.step_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert fast.path.compile and isinstance(fast.step_model, fast_train.CompiledWithFallback)
+    assert fast.step_model.compiled and fast.step_model.fallback is None  # compiled code ran: no fallback
     assert fast_loss == pytest.approx(ref_loss, rel=1e-4)
     torch._dynamo.reset()
 
@@ -425,3 +426,16 @@ def test_compare_paths_times_both_paths_of_each_run_side_by_side():
         assert ref["speedup"] == 1.0 and not ref["compiled"]
         assert fast["speedup"] == pytest.approx(ref["sec_per_batch"] / fast["sec_per_batch"])
     assert rows[2]["batch"] == 8 and "salman-pgd" in format_comparison(rows)
+
+
+def test_the_fast_path_is_fp32_unless_bf16_is_asked_for():
+    """Precision is the papers' fp32 by default on the fast path too; bf16 autocast is a labelled option (and needs the
+    fast path), TF32 is off unless asked for."""
+    cpu = torch.device("cpu")
+    model = build_training(_spec("cohen"), cpu).model
+    assert fast_train.plan(_spec("cohen", fast=True), model, cpu).autocast_dtype is None
+    bf16 = fast_train.plan(_spec("cohen", fast=True, dtype="bfloat16"), model, cpu)
+    assert bf16.autocast_dtype == torch.bfloat16 and bf16.record()["dtype"] == "bfloat16" and bf16.record()["autocast"]
+    with pytest.raises(mc.ConfigError, match="train.dtype: dtype: bfloat16 needs fast: true"):
+        _spec("cohen", dtype="bfloat16")
+    assert _spec("cohen")["train"]["tf32"] is False and _spec("cohen")["certify"]["dtype"] == "float32"

@@ -14,10 +14,11 @@ own settings. Adding a certifier is one entry here; tests/test_certifier_registr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import adaptive, attacks, linf
+from . import adaptive, attacks, linf, sequential
 from .sampling import Plan
 from .smoothing import (
     certify_plan,
@@ -33,8 +34,8 @@ from .smoothing import (
 #: no ℓ∞ evaluation, changing the ε grid no smoothing certificate, and adding a certifier re-runs nothing else.
 SETTINGS = {
     "l2": ("sigma", "n0", "n", "alpha", "batch_size", "start", "skip", "count", "t_certify_split",
-           "t_certify_grid_size", "fast", "dtype", "compile", "max_batch", "adaptive"),
-    "linf": ("eps_grid", "batch_size", "start", "skip", "count"),
+           "t_certify_grid_size", "fast", "dtype", "compile", "max_batch", "adaptive", "tf32"),
+    "linf": ("eps_grid", "batch_size", "start", "skip", "count", "tf32"),
 }  # fmt: skip
 
 
@@ -133,6 +134,31 @@ def _adaptive_extra(cfg: dict) -> dict:
             "looks": adaptive.look_schedule(cfg["n"], a["first_look"], a["growth"])}  # fmt: skip
 
 
+def _sequential(cfg: dict) -> tuple[list, sequential.SequentialOptions]:
+    section = cfg["sequential"]
+    return section["radii"], sequential.SequentialOptions.from_config(section)
+
+
+def _sequential_plan(cfg: dict) -> Plan:
+    radii, options = _sequential(cfg)
+    return sequential.sequential_plan(*_args(cfg), radii=radii, options=options)
+
+
+def _sequential_cliff(cfg: dict, num_classes: int) -> float:
+    radii, options = _sequential(cfg)
+    return sequential.max_radius(cfg["sigma"], cfg["n"], cfg["alpha"], radii, options)
+
+
+def _sequential_extra(cfg: dict) -> dict:
+    """The sidecar's record: with a row's (n, nA), enough to re-check a "kt" / "ub" decision offline
+    (sequential.rederive)."""
+    radii, options = _sequential(cfg)
+    plan = sequential.schedule(cfg["n"], float(cfg["sigma"]), cfg["alpha"], adaptive.decision_radii(radii), options)
+    cap_counts = [a if a < float("inf") else None for a in plan.cap_counts]  # None: refused up front
+    return {"radii": list(plan.radii), "looks": list(plan.looks), **dataclasses.asdict(options),
+            "delta_u": plan.delta_u, "cap_counts": cap_counts}  # fmt: skip
+
+
 def _split_grid(cfg: dict) -> list:
     return default_split_grid(cfg["t_certify_grid_size"])
 
@@ -162,6 +188,16 @@ ADAPTIVE = SmoothingCertifier(
     note="adaptive: a sequential test per configured radius (Clopper-Pearson at alpha / J over J pre-planned looks, "
     "anytime-valid); its radius is the largest configured radius it certified, so its ACR is a lower bound and not "
     "comparable with CERTIFY's",
+)
+SEQUENTIAL = SmoothingCertifier(
+    plan=_sequential_plan,
+    cliff=_sequential_cliff,
+    extra=_sequential_extra,
+    own_settings=("sequential",),
+    note="sequential: one anytime-valid lower confidence sequence for p_A (KT+u mixture by default, SEQUENTIAL.md) "
+    "decides every configured radius with no correction over looks or radii; its radius is the largest configured "
+    "radius it certified (unless certify.sequential.estimate), so its ACR is a lower bound and not comparable with "
+    "CERTIFY's",
 )
 
 # ------------------------------------------------------------------------------------------------ ℓ∞ evaluators
@@ -197,6 +233,7 @@ CERTIFIERS: dict[str, Certifier] = {
     "t-certify": T_CERTIFY,
     "t-certify-grid": T_CERTIFY_GRID,
     "adaptive": ADAPTIVE,
+    "sequential": SEQUENTIAL,
     "linf-margin": BatchEvaluator(
         build=linf.margin_evaluator, unbounded=True, kind="certified", threat_models=("linf-certified",)
     ),
@@ -247,6 +284,9 @@ CERTIFIERS: dict[str, Certifier] = {
         "x + clip(N(0, (eps/4)^2), +-eps/2); empirical (an upper bound), not a certificate",
     ),
 }
+
+#: What a run certifies with when its config names no certifier: its threat model's own evaluator.
+DEFAULT_CERTIFIERS = {"l2-smoothing": ["cohen"], "linf-certified": ["linf-interval"], "linf-empirical": ["pgd20"]}
 
 #: Caveats the report prints beside a certifier's rows.
 CERTIFIER_NOTES = {name: c.note for name, c in CERTIFIERS.items() if c.note}

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint
 from ..core import data
-from ..core.io import atomic_write_text, provenance, select_device, spec_json, synchronize, write_json
+from ..core.io import allow_tf32, atomic_write_text, provenance, select_device, spec_json, synchronize, write_json
 from ..core.tsv import format_row, parse_rows, read_rows, tsv_text
 from .registry import CERTIFIERS, BatchEvaluator, SmoothingCertifier, certifier_spec, check_serves
 from .sampling import FastSampler, FastSettings, resolve_dtype, run_plain
@@ -89,7 +89,9 @@ def smoothing_sampler(model, num_classes: int, sample_shape, cfg: dict, dev: tor
         def run(items):
             return run_plain(model, num_classes, cfg["sigma"], cfg["batch_size"], items)
 
-        return run, lambda: {"path": "plain", "dtype": "float32", "channels_last": False, "compile": False}
+        plain = {"path": "plain", "dtype": "float32", "channels_last": False, "compile": False}
+        plain.update(compile_requested=False, compiled=False, cuda_graphs=False, fallback=None)
+        return run, lambda: dict(plain)
     settings = FastSettings(
         dtype=resolve_dtype(cfg["dtype"], dev), channels_last=True, compile=cfg["compile"], max_batch=cfg["max_batch"]
     )
@@ -155,6 +157,7 @@ def certify_run(
         fh.write(format_row({**row, **(counts or {})}))
 
     with (
+        allow_tf32(cfg.get("tf32", False), dev),
         open(partial, "a") as fh,
         tqdm(
             total=len(todo), desc=f"{certifier} {spec['run']} seed{spec['seed']}", disable=not progress, file=sys.stderr
@@ -208,6 +211,7 @@ def certify_run(
             "sigma": cfg.get("sigma"),
             **entry.record(cfg),
             "max_radius": entry.max_radius(cfg, info["num_classes"]),
+            "tf32": cfg.get("tf32", False),
             "subset": {"start": cfg["start"], "skip": cfg["skip"], "count": cfg["count"], "examples": len(indices)},
             "shard": shard,
             "shards": shards,
@@ -232,7 +236,12 @@ _SHARD_FIELDS = (
     "images_per_round",
     "images_in_flight",
     "compile",
+    "compiled",
+    "cuda_graphs",
+    "fallback",
 )
+#: Of those, what the merged sidecar keeps per shard (`shard_compile`): a node that fell back to eager stays on record.
+_COMPILE_FIELDS = ("compiled", "cuda_graphs", "fallback")
 
 
 def merge_shards(shard_files: list[str | Path], out: str | Path) -> Path:
@@ -263,6 +272,7 @@ def merge_shards(shard_files: list[str | Path], out: str | Path) -> Path:
             "subset": subset,
             "provenance": metas[0]["provenance"],
             "shard_provenance": [m["provenance"] for m in metas],
+            "shard_compile": [{k: m[k] for k in _COMPILE_FIELDS if k in m} for m in metas],
         }
     atomic_write_text(out, tsv_text(sorted(rows, key=lambda r: int(r["idx"]))))
     if metas:

@@ -9,3 +9,14 @@ class ConfigError(ValueError):
 
 class DatasetNotFound(FileNotFoundError):
     """A dataset's files are not where the config says; the message names the path and the config key."""
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: message` on one line, at most 300 characters, for warnings and records of an error that was handled
+    (a torch.compile failure the fast paths fell back from): dynamo's messages run to dozens of lines and often put
+    the cause on the second (`backend='inductor' raised:` / the cause)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    return f"{type(exc).__name__}: {text}"[:300]

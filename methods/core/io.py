@@ -3,6 +3,7 @@ made."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -94,6 +95,22 @@ def select_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available (use --device cpu)")
     return device
+
+
+@contextlib.contextmanager
+def allow_tf32(enabled: bool, device: torch.device):
+    """TF32 matmuls and cuDNN convolutions on CUDA as `enabled` says, restored afterwards. PyTorch's defaults
+    (convolutions in TF32 on Ampere and later, matmuls not) are not the fp32 the papers computed in, so the steps pin
+    them from their config (`train.tf32`, `certify.tf32`, default false) and record the setting."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 def synchronize(device: torch.device) -> None:

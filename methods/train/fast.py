@@ -2,9 +2,13 @@
 
 What the fast path changes, and where (`plan` decides per run, `FastPath.record` says what it decided):
 
-- bf16 autocast around the model's forward, on CUDA GPUs with native bf16 (compute capability ≥ 8.0); the logits
-  come back as float32, so every loss, the soft smoothed classifier, MACER's Φ⁻¹ and the attacks' updates stay
-  fp32. Not on the CPU, nor on GPUs without native bf16 (P100, V100: fp32 there; fp16 would need loss scaling);
+- only where `train.dtype: bfloat16` asks for it (a speed option: every paper here trained in fp32, which is the
+  default, and the tables say which runs trained otherwise): bf16 autocast around the model's forward, on CUDA GPUs
+  with native bf16 (compute capability ≥ 8.0) or on the CPU; the logits come back as float32, so every loss, the
+  soft smoothed classifier, MACER's Φ⁻¹ and the attacks' updates stay fp32. fp32 on GPUs without native bf16
+  (P100, V100; fp16 would need loss scaling). MACER's surrogate multiplies the logits by β = 16, where bf16's spacing
+  of 0.0625 between 8 and 16 quantises β·Δlogit in steps of about 1 (`python -m methods bench --only precision`
+  measures what bf16 changes);
 - channels_last weights and inputs for conv nets (the ℓ∞-dist nets are MLPs);
 - torch.compile of that forward (`train.compile`: null = on CUDA only — on a 2-core CPU inductor took minutes to
   compile a ResNet-110 step and ran it no faster than the eager fast path, see methods/bench/train_cost.compare_paths;
@@ -16,6 +20,8 @@ What the fast path changes, and where (`plan` decides per run, `FastPath.record`
 - the training set resident on the device for tensor-sized datasets, crop/flip done there
   (methods/train/device_data.py; ImageNet stays on the DataLoader);
 - cudnn.benchmark on CUDA.
+TF32 is a setting of its own (`train.tf32`, default false, on both paths): PyTorch allows TF32 convolutions on
+Ampere-or-later GPUs by default, which is not the papers' fp32; run.json records the setting.
 
 Noise is drawn on x's device by every method on both paths (methods/core/noise.py; backward smoothing's output noise ξ,
 B × C numbers, is expanded from a seed on the CPU by design, so one seed gives one ξ on every device, and copied).
@@ -26,13 +32,15 @@ the reference path (bf16, kernel choice, fusion, the augmentation's RNG), so `fa
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, one_line
+from ..core.io import allow_tf32
 from . import device_data
 
 #: torch.compile's backend; tests swap in "aot_eager" to exercise the compiled wiring without inductor's C++ build.
@@ -71,6 +79,7 @@ class FastPath:
         """run.json's `train_path`."""
         return {
             "path": self.name,
+            "autocast": self.autocast_dtype is not None,
             "dtype": self.dtype,
             "compiled": self.compile,
             "channels_last": self.channels_last,
@@ -94,7 +103,12 @@ REFERENCE = FastPath()
 
 
 def check(train_cfg: dict, where: str = "train") -> None:
-    """Cross-field rule of the train section: `compile` is a setting of the fast path."""
+    """Cross-field rules of the train section: `compile` and `dtype: bfloat16` are settings of the fast path."""
+    if train_cfg.get("dtype", "float32") != "float32" and not train_cfg.get("fast", False):
+        raise ConfigError(
+            f"config error at {where}.dtype: dtype: {train_cfg['dtype']} needs fast: true (the reference path is "
+            f"plain eager fp32); drop train.dtype or set train.fast: true"
+        )
     if train_cfg.get("compile") and not train_cfg.get("fast", False):
         raise ConfigError(
             f"config error at {where}.compile: compile: true needs fast: true (the reference path is "
@@ -124,8 +138,9 @@ def plan(spec: dict, model: nn.Module, device: torch.device, dataset: str | None
         return REFERENCE
     limits = METHOD_LIMITS.get(spec["method"], {})
     notes = [f"no {part}: {why}" for part, why in limits.items()]
-    autocast = native_bf16(device) and "autocast" not in limits
-    if device.type == "cuda" and not native_bf16(device) and "autocast" not in limits:
+    wants_bf16 = cfg.get("dtype", "float32") == "bfloat16" and "autocast" not in limits
+    autocast = wants_bf16 and (native_bf16(device) or device.type == "cpu")
+    if wants_bf16 and not autocast:
         notes.append("float32: this GPU has no native bf16")
     wanted = cfg.get("compile")
     compiled = (device.type == "cuda" if wanted is None else bool(wanted)) and "compile" not in limits
@@ -184,12 +199,89 @@ class FastModel(nn.Module):
             return getattr(self._modules["model"], name)
 
 
+def _backward_compiled_in_forward():
+    """AOTAutograd compiles a graph's backward lazily, at its first backward(), which runs in the method's step and
+    not inside CompiledWithFallback's guard; this asks for it at the forward instead, so that a backward that
+    cannot be compiled falls back too. A no-op on a torch without the switch."""
+    try:
+        from torch._functorch import config
+    except ImportError:  # pragma: no cover - a torch without functorch's config
+        return contextlib.nullcontext()
+    if not hasattr(config, "force_non_lazy_backward_lowering"):
+        return contextlib.nullcontext()
+    return config.patch(force_non_lazy_backward_lowering=True)
+
+
+class CompiledWithFallback(nn.Module):
+    """torch.compile of the fast path's FastModel that falls back to the FastModel itself, eagerly, when compiling
+    fails (when torch.compile is called, or at any compiled call: no compiler toolchain, an op inductor cannot
+    lower, a failing backward compile): one warning, and `fallback` says why (run.json's train_path records it).
+    Eager computes the same model, so falling back is safe; running out of memory is not a compilation failure and
+    is raised as it is. Every other attribute is the FastModel's (and so the model's)."""
+
+    def __init__(self, eager: FastModel, backend: str):
+        super().__init__()
+        self.eager = eager
+        self.fallback: str | None = None
+        try:
+            compiled = torch.compile(eager, backend=backend)
+        except Exception as exc:  # e.g. a Python version dynamo does not support
+            compiled = None
+            self._fall_back(exc)
+        self.__dict__["_compiled"] = compiled  # not a submodule: it holds `eager`'s parameters, registered once
+
+    @property
+    def compiled(self) -> bool:
+        """Compiled code runs (no fallback taken so far)."""
+        return self.__dict__["_compiled"] is not None
+
+    def _fall_back(self, exc: Exception) -> None:
+        self.__dict__["_compiled"] = None
+        self.fallback = f"torch.compile failed ({one_line(exc)}); training on the eager fast path"
+        warnings.warn(
+            f"{self.fallback} (recorded in run.json's train_path; `train.compile: false` skips compiling)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def forward(self, *args, **kwargs):
+        compiled = self.__dict__["_compiled"]
+        if compiled is not None:
+            try:
+                with _backward_compiled_in_forward():
+                    return compiled(*args, **kwargs)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:
+                self._fall_back(exc)
+        return self.eager(*args, **kwargs)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "eager":
+                raise
+            return getattr(self._modules["eager"], name)
+
+
 def step_model(model: nn.Module, path: FastPath, device: torch.device) -> nn.Module:
-    """What the train steps call: the model itself on the reference path, else its FastModel, compiled if planned."""
+    """What the train steps call: the model itself on the reference path, else its FastModel, compiled if planned
+    (falling back to the FastModel if compiling fails: CompiledWithFallback)."""
     if not (path.channels_last or path.autocast_dtype or path.compile):
         return model
     wrapped = FastModel(model, path, device.type)
-    return torch.compile(wrapped, backend=COMPILE_BACKEND) if path.compile else wrapped
+    return CompiledWithFallback(wrapped, COMPILE_BACKEND) if path.compile else wrapped
+
+
+def compile_record(step_model: nn.Module, path: FastPath) -> dict:
+    """run.json's (and the log's) account of compilation: asked for by the plan, actually running, and why not."""
+    guard = step_model if isinstance(step_model, CompiledWithFallback) else None
+    return {
+        "compile_requested": path.compile,
+        "compiled": guard is not None and guard.compiled,
+        "fallback": guard.fallback if guard is not None else None,
+    }
 
 
 def fast_optimizer(build: Callable[..., torch.optim.Optimizer]) -> tuple[torch.optim.Optimizer, str]:
@@ -204,14 +296,15 @@ def fast_optimizer(build: Callable[..., torch.optim.Optimizer]) -> tuple[torch.o
 
 
 @contextlib.contextmanager
-def backend_flags(fast: bool, device: torch.device):
-    """cudnn.benchmark for the fast path on CUDA, restored afterwards (the reference path keeps torch's defaults)."""
-    if not (fast and device.type == "cuda"):
-        yield
-        return
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = previous
+def backend_flags(fast: bool, device: torch.device, tf32: bool = False):
+    """cudnn.benchmark for the fast path on CUDA, and TF32 on CUDA as `tf32` says (both paths), restored afterwards."""
+    with allow_tf32(tf32, device):
+        if not (fast and device.type == "cuda"):
+            yield
+            return
+        previous = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = previous

@@ -165,7 +165,8 @@ def train(
         dev = select_device(device if device != "auto" else spec.get("device", "auto"))
         ctx, dev = distributed.setup(dev)
         try:
-            with fast_train.backend_flags(spec["train"].get("fast", False), dev):
+            train_cfg = spec["train"]
+            with fast_train.backend_flags(train_cfg.get("fast", False), dev, train_cfg.get("tf32", False)):
                 return _train(spec, out_dir, dev, progress and ctx.main, on_epoch_end, stop, ctx)
         finally:
             distributed.teardown(ctx)
@@ -243,16 +244,22 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
             batch_size=cfg["batch_size"],
             num_workers=cfg["num_workers"],
         )
-    if ctx.main:
+
+    def write_run_json() -> dict:
+        """run.json; rewritten after an epoch in which torch.compile fell back to eager (train_path says so)."""
+        compiled = fast_train.compile_record(training.step_model, path)
         write_json(
             out_dir / "run.json",
             {
                 "spec": spec,
                 "provenance": provenance(dev),
                 "processes": ctx.world,
-                "train_path": path.record(optimizer_impl),
+                "train_path": {**path.record(optimizer_impl), **compiled, "tf32": spec["train"].get("tf32", False)},
             },
         )
+        return compiled
+
+    recorded = write_run_json() if ctx.main else None
     distributed.barrier(ctx)  # nobody starts before a stale state was moved aside
 
     def save_state(mid_epoch: dict | None) -> None:
@@ -393,6 +400,7 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
             "select_seconds": "",
             "select_accuracy": "",
             **path.log_fields(),
+            "compiled": fast_train.compile_record(training.step_model, path)["compiled"],
         }
         if test_loader is not None and ctx.main:
             t1 = time.perf_counter()
@@ -411,6 +419,8 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
                     "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
                 }
         rows.append(row)
+        if ctx.main and fast_train.compile_record(training.step_model, path) != recorded:
+            recorded = write_run_json()
         save_state(None)
         if ctx.main:
             atomic_write_text(out_dir / "train_log.tsv", _log_tsv(rows))
