@@ -487,8 +487,11 @@ def objective(model: LinfDistMLP, x, y, draws, hp: Hparams) -> StepResult:
 @torch.no_grad()
 def row_weight_decay(model: LinfDistMLP, lr: float, wd: float) -> None:
     """v1's decoupled ℓp-row weight decay: w ← w − lr·wd·(|w| / ‖w_row‖_p)^(p−2)·w at the layers' current p, the
-    gradient of ½‖w_row‖_p² scaled to ℓ2 decay at p = 2; at p = ∞ only each row's largest |w| decays."""
+    gradient of ½‖w_row‖_p² scaled to ℓ2 decay at p = 2; at p = ∞ only each row's largest |w| decays. The output
+    layer's bias decays too, plainly (b ← b − lr·wd·b), as the reference decays every parameter."""
     for layer in model.layers:
+        if layer.bias is not None:
+            layer.bias.sub_(lr * wd * layer.bias)
         w, p = layer.weight, layer.p
         magnitude = w.abs()
         if math.isinf(p):

@@ -54,7 +54,11 @@ def warmed_up_epsilon(epsilon: float, warmup: int, epoch: float) -> float:
 
 
 def soft_smoothed_nll_from_logits(logits, y) -> torch.Tensor:
-    """J per example from the (B, m, C) noisy logits; the probability is clamped at 1e-20 as in the reference."""
+    """J per example from the (B, m, C) noisy logits. m = 1: the cross-entropy, as the reference's single-noise
+    attack computes it (log-softmax: its gradient never vanishes); m > 1: −log of the mean softmax with the
+    probability clamped at 1e-20, as the reference's multi-noise attack (its gradient vanishes below the clamp)."""
+    if logits.shape[1] == 1:
+        return torch.nn.functional.cross_entropy(logits[:, 0], y, reduction="none")
     return -torch.log(soft_smoothed(logits).gather(1, y[:, None]).squeeze(1).clamp_min(1e-20))
 
 

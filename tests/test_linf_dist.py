@@ -499,3 +499,12 @@ def test_cosine_after_a_constant_phase():
     assert lrs == pytest.approx(
         [1, 1, 1, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))]
     )
+
+
+def test_v1_row_weight_decay_decays_the_output_bias_plainly():
+    torch.manual_seed(0)
+    model = ld.LinfDistMLP((1, 4, 4), 3, depth=3, width=8, mean=(0.5,), scalar_std=0.3)
+    with torch.no_grad():
+        model.layers[-1].bias.fill_(2.0)
+    ld.row_weight_decay(model, lr=0.1, wd=0.5)
+    assert torch.allclose(model.layers[-1].bias, torch.full((3,), 2.0 * (1 - 0.05)))

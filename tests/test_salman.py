@@ -153,3 +153,17 @@ def test_hparams_validation():
         salman.Hparams(attack="fgsm")
     with pytest.raises(HparamError, match="num_noise"):
         salman.Hparams(num_noise=0)
+
+
+def test_single_noise_attack_objective_is_the_cross_entropy_whose_gradient_never_vanishes():
+    """m = 1: J is the cross-entropy, as the reference's single-noise attack computes it; −log of a clamped softmax
+    would give no gradient once p_y < 1e-20 (logits 60 apart), CE still does."""
+    logits = torch.tensor([[[0.0, 60.0, 0.0]]], requires_grad=True)  # (B, m = 1, C): p_y ≈ e^-60
+    y = torch.tensor([0])
+    j = salman.soft_smoothed_nll_from_logits(logits, y)
+    assert j.item() == pytest.approx(torch.nn.functional.cross_entropy(logits[:, 0], y).item())
+    (grad,) = torch.autograd.grad(j.sum(), logits)
+    assert grad.abs().sum() > 0.5
+    many = torch.tensor([[[0.0, 60.0, 0.0], [0.0, 60.0, 0.0]]], requires_grad=True)  # m = 2: the reference's clamp
+    (grad,) = torch.autograd.grad(salman.soft_smoothed_nll_from_logits(many, y).sum(), many)
+    assert grad.abs().sum() == 0

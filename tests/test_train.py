@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -299,3 +300,47 @@ def test_checkpoint_settings_do_not_invalidate_a_resume_state():
     b = mc.resolve_run(tiny_config(checkpoint_every_steps=7, checkpoint_every_minutes=2.5), "cohen-0.25", seed=0)
     c = mc.resolve_run(tiny_config(lr=0.01), "cohen-0.25", seed=0)
     assert training_fingerprint(a) == training_fingerprint(b) != training_fingerprint(c)
+
+
+def test_a_schedule_can_step_per_iteration_with_its_epochs_counted_in_batches():
+    """The ℓ∞-dist references step their cosine per mini-batch: lr at iteration t is lr·½(1 + cos(πt/T)), T = epochs ×
+    batches; with cosine_start the lr holds until that epoch's first batch. Per epoch, the schedule is unchanged."""
+    import math
+
+    from methods.train.build import build_scheduler
+
+    def lrs(cfg, batches, steps):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.03)
+        scheduler, out = build_scheduler(optimizer, cfg, batches), []
+        for _ in range(steps):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    cfg = {"schedule": "cosine", "cosine_start": 0, "epochs": 4, "schedule_step": "iteration"}
+    got = lrs(cfg, batches=5, steps=20)
+    assert got == pytest.approx([0.03 * 0.5 * (1 + math.cos(math.pi * t / 20)) for t in range(20)])
+    v1 = lrs({**cfg, "cosine_start": 2}, batches=5, steps=20)
+    assert v1[:10] == [0.03] * 10 and v1[10:] == pytest.approx(
+        [0.015 * (1 + math.cos(math.pi * t / 10)) for t in range(10)]
+    )
+    per_epoch = lrs({**cfg, "schedule_step": "epoch"}, batches=5, steps=4)
+    assert per_epoch == pytest.approx([0.03 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+    steps = lrs({"schedule": "multistep", "milestones": [2, 3], "gamma": 0.1, "schedule_step": "iteration"}, 4, 16)
+    assert steps == pytest.approx([0.03] * 8 + [0.003] * 4 + [0.0003] * 4)
+
+
+def test_macers_lr_drops_where_the_reference_steps_its_scheduler():
+    """MACER's reference steps MultiStepLR([200, 400]) at the start of each 1-based epoch: 199 epochs at 0.01, 200 at
+    0.001, 41 at 0.0001 of 440 — what config/cifar10.yaml's milestones [199, 399] give in this after-epoch loop."""
+    from methods.train.build import build_scheduler
+
+    spec = mc.resolve_run(mc.load(Path(__file__).resolve().parents[1] / "config" / "cifar10.yaml"), "macer-0.25", 0)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=spec["train"]["lr"])
+    scheduler, per_epoch = build_scheduler(optimizer, spec["train"]), []
+    for _ in range(spec["train"]["epochs"]):
+        per_epoch.append(round(optimizer.param_groups[0]["lr"], 10))
+        optimizer.step()
+        scheduler.step()
+    assert [per_epoch.count(lr) for lr in (0.01, 0.001, 0.0001)] == [199, 200, 41]

@@ -60,7 +60,8 @@ class SmallCNN(nn.Module):
 
 
 class LeNet(nn.Module):
-    """LeNet-5 style network (MACER's MNIST model): 28×28 inputs only, two conv + pool stages, three linear layers."""
+    """LeNet-5 (two conv + pool stages, three linear layers; 28×28 inputs only). MACER's MNIST setting names "LeNet"
+    (METHODS.md §3) without its layers; LeNet-5 is this harness's reading of it, not a verified copy of MACER's."""
 
     def __init__(self, in_channels: int, num_classes: int):
         super().__init__()

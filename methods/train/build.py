@@ -46,21 +46,25 @@ def path_optimizer(method, model, hp, cfg: dict, path: fast_train.FastPath) -> t
     return fast_train.fast_optimizer(lambda **impl: method_optimizer(method, model, hp, cfg, **impl))
 
 
-def build_scheduler(optimizer, cfg: dict):
-    """Stepped once per epoch, after it (so epoch e trains at the lr the schedule gives e)."""
+def build_scheduler(optimizer, cfg: dict, batches_per_epoch: int = 1):
+    """The config's lr schedule. `train.schedule_step: epoch` (default): stepped once per epoch, after it, so epoch e
+    trains at the lr the schedule gives e. `iteration`: stepped after every mini-batch, with the schedule's epochs
+    (step_size, milestones, cosine_start, epochs) counted in iterations of `batches_per_epoch` each — the ℓ∞-dist
+    references' cosine, and the references that step MultiStepLR per iteration at fractions of the run."""
     sched = torch.optim.lr_scheduler
     kind = cfg["schedule"]
+    unit = batches_per_epoch if cfg.get("schedule_step", "epoch") == "iteration" else 1
     if kind == "step":
-        return sched.StepLR(optimizer, step_size=cfg["step_size"], gamma=cfg["gamma"])
+        return sched.StepLR(optimizer, step_size=cfg["step_size"] * unit, gamma=cfg["gamma"])
     if kind == "multistep":
-        return sched.MultiStepLR(optimizer, milestones=cfg["milestones"], gamma=cfg["gamma"])
-    if kind == "cosine" and cfg["cosine_start"]:  # constant, then cosine to 0 (ℓ∞-dist v1: from epoch 100)
-        start, span = cfg["cosine_start"], cfg["epochs"] - cfg["cosine_start"]
+        return sched.MultiStepLR(optimizer, milestones=[m * unit for m in cfg["milestones"]], gamma=cfg["gamma"])
+    if kind == "cosine":  # constant until cosine_start (ℓ∞-dist v1: epoch 100; default 0), then cosine to 0
+        start, span = (cfg["cosine_start"] or 0) * unit, (cfg["epochs"] - (cfg["cosine_start"] or 0)) * unit
+        if not start:
+            return sched.CosineAnnealingLR(optimizer, T_max=span)
         return sched.LambdaLR(
-            optimizer, lambda e: 1.0 if e < start else 0.5 * (1 + math.cos(math.pi * (e - start) / span))
+            optimizer, lambda t: 1.0 if t < start else 0.5 * (1 + math.cos(math.pi * (t - start) / span))
         )
-    if kind == "cosine":
-        return sched.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
     return sched.LambdaLR(optimizer, lambda epoch: 1.0)
 
 

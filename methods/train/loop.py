@@ -192,7 +192,15 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
         training.path,
         training.step,
     )
-    scheduler = build_scheduler(optimizer, cfg)
+    if path.device_data:  # every training image on the device once; crop/flip there
+        train_set = device_data.DeviceTrainSet.load(
+            spec["dataset"], spec["data_root"], spec["download"], cfg["augment"], dev, channels_last=path.channels_last
+        )
+    else:
+        train_set = data.load(spec["dataset"], "train", spec["data_root"], spec["download"], augment=cfg["augment"])
+    # per epoch (after it) or per mini-batch (train.schedule_step), over this dataset's batches
+    scheduler = build_scheduler(optimizer, cfg, math.ceil(len(train_set) / cfg["batch_size"]))
+    per_iteration = cfg.get("schedule_step", "epoch") == "iteration"
     # the fast path's forward (channels_last, autocast, compiled), then DDP where torchrun started several processes
     step_model, hook = distributed.wrap(training.step_model, ctx, dev)
 
@@ -222,12 +230,6 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
                 flush=True,
             )
 
-    if path.device_data:  # every training image on the device once; crop/flip there
-        train_set = device_data.DeviceTrainSet.load(
-            spec["dataset"], spec["data_root"], spec["download"], cfg["augment"], dev, channels_last=path.channels_last
-        )
-    else:
-        train_set = data.load(spec["dataset"], "train", spec["data_root"], spec["download"], augment=cfg["augment"])
     if path.fast and ctx.main:
         print(f"{spec['run']} seed {seed}: {path.summary(optimizer_impl)}", flush=True)
     test_loader = None
@@ -341,6 +343,8 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
             if hook is not None:  # this rank's share of the batch mean
                 hook.weight = len(y) / global_sizes[i]
             result = step(step_model, optimizer, x, y, hp, epoch + i / batches)
+            if per_iteration:
+                scheduler.step()
             loss_sum += result.loss.detach() * result.count
             correct += result.correct
             count += result.count
@@ -383,7 +387,8 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
         bar.close()
         synchronize(dev)
         train_seconds = seconds_before + time.perf_counter() - t0
-        scheduler.step()
+        if not per_iteration:
+            scheduler.step()
         loss_sum, correct, count = distributed.all_sum(ctx, loss_sum, correct, torch.tensor(count, device=dev))
         loss, accuracy = float(loss_sum) / float(count), float(correct) / float(count)
         if not math.isfinite(loss):
