@@ -253,3 +253,90 @@ def test_best_and_last_checkpoints_are_told_apart_and_the_best_is_marked_test_se
     markdown = (tmp_path / "tables" / "linf_accuracy.md").read_text()
     assert "[2] bs [best]: the epoch with the highest PGD-20 accuracy on test images 0-2559" in markdown
     assert len(pd.read_csv(tmp_path / "tables" / "timing.csv")) == 1  # one training, timed once
+
+
+def _linf_results(root: Path, run: str, certifier: str, radii: list[float], correct: list[int], kind: str,
+                  grid: list[float] | None) -> Path:  # fmt: skip
+    d = root / "digits" / run / "seed0" / "certify"
+    d.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame({"idx": range(len(radii)), "label": 0, "predict": 0, "radius": radii, "correct": correct,
+                          "time": 0.1})  # fmt: skip
+    frame.to_csv(d / f"{certifier}.tsv", sep="\t", index=False)
+    meta = {"certifier": certifier, "norm": "linf", "kind": kind, "sigma": None, "eps_grid": grid,
+            "max_radius": max(grid) if grid else None,
+            "subset": {"start": 0, "skip": 1, "count": None, "examples": len(radii)},
+            "model_info": {"method": "linf_dist", "device": "cpu"}, "provenance": {"device_name": "cpu"}}  # fmt: skip
+    (d / f"{certifier}.json").write_text(json.dumps(meta))
+    return d / f"{certifier}.tsv"
+
+
+def test_no_empirical_curve_is_drawn_below_a_certificate_of_the_same_model(tmp_path):
+    """The issue's defect: between grid points an attack curve drawn at the next grid point's value sat below the
+    margin certificate. Drawn as the data say (an attack's upper bound held from the grid point to its left, a grid
+    certificate taken from the one to its right), the empirical curve is at or above every certified curve of the
+    same model at every radius, while the data themselves (the values at the grid points) are unchanged."""
+    grid = [0.1, 0.125, 0.15]
+    n = 8
+    margin = [0.12, 0.124, 0.11, 0.13, 0.05, 0.2, 0.0, 0.14]  # exact radii (margin / 2)
+    correct = [1] * 6 + [0, 1]
+    attack = [max([g for g in grid if g <= r + 0.02], default=0.0) for r in margin]  # robust at least as far
+    interval = [max([g for g in grid if g <= r], default=0.0) for r in margin]
+    root = tmp_path / "results"
+    tsvs = [_linf_results(root, "net", "linf-margin", margin, correct, "certified", None),
+            _linf_results(root, "net", "linf-interval", interval, correct, "certified", grid),
+            _linf_results(root, "net", "pgd20", attack, correct, "empirical", grid)]  # fmt: skip
+    summary = summarize(tsvs, [0.0], tmp_path / "s.csv", linf_radii=[0.1])
+    data = curves(summary[summary["norm"] == "linf"], 0.2, step=0.001)
+    wide = data.pivot_table(index="radius", columns="certifier", values="certified_accuracy", aggfunc="first")
+    both = wide.dropna()
+    assert len(both) > 20
+    for certified in ("linf-margin", "linf-interval"):
+        assert (both["pgd20"] >= both[certified] - 1e-12).all(), certified
+    at_grid = data[data["evaluated"] & (data["certifier"] == "pgd20")].set_index("radius")["certified_accuracy"]
+    assert list(at_grid.round(6)) == [sum(a >= g and c for a, c in zip(attack, correct)) / n for g in grid]
+    assert wide.loc[wide.index > 0.15 + 1e-9, "pgd20"].isna().all()  # past the grid: unknown, not 0
+
+
+def test_every_footnote_marker_points_at_a_note_about_its_row(tmp_path):
+    """The issue's defect: timing.md's markers pointed at other rows' notes (the footnotes were numbered over rows the
+    table did not show). Every marker of every table must name a note that speaks of that row's run, method or
+    certifier."""
+    import re
+
+    tsvs = _fake_results(tmp_path / "results", {"cohen-0.25": (0.25, [[0.5, 0.0, 0.3]])})
+    tsvs += _fake_results(tmp_path / "results", {"feng-0.25": (0.25, [[0.4, 0.2, 0.0]])}, method="feng",
+                          certifier="t-certify")  # fmt: skip
+    best = tmp_path / "results" / "digits" / "bs" / "seed0"
+    for folder in ("certify", "certify-best"):
+        tsv = _linf_results(tmp_path / "results", "bs", "pgd20", [0.1, 0.0, 0.05], [1, 0, 1], "empirical",
+                            [0.05, 0.1])  # fmt: skip
+        if folder == "certify-best":
+            (best / folder).mkdir(parents=True, exist_ok=True)
+            for ext in ("tsv", "json"):
+                (best / folder / f"pgd20.{ext}").write_text(tsv.with_suffix(f".{ext}").read_text())
+            meta = json.loads((best / folder / "pgd20.json").read_text())
+            meta["model_info"].update(method="backward_smoothing", best_epoch=3, selected_by="PGD-20 accuracy")
+            (best / folder / "pgd20.json").write_text(json.dumps(meta))
+            tsv = best / folder / "pgd20.tsv"
+        tsvs.append(tsv)
+    summary = summarize(tsvs, [0.0, 0.25], tmp_path / "summary.csv", linf_radii=[0.05],
+                        notes={"cohen-0.25": "a caveat of cohen-0.25's own"})  # fmt: skip
+    paths = report(tmp_path / "summary.csv", tmp_path / "figures", tmp_path / "tables", 1.0,
+                   what=("l2", "timing"))  # fmt: skip
+    checked = 0
+    for table in [p for p in paths if p.suffix == ".md"]:
+        text = table.read_text()
+        notes = dict(re.findall(r"^\[(\d+)\] (.*)$", text, flags=re.M))
+        for line in text.splitlines():
+            if not line.startswith("| ") or line.startswith("| model") or line.startswith("| run"):
+                continue
+            label = line.split("|")[1].strip()
+            marks = re.search(r"\[([\d,]+)\]$", label)
+            if not marks:
+                continue
+            row = summary[[label.startswith(r) for r in summary["run"]]].iloc[0]
+            for number in marks.group(1).split(","):
+                note = notes[number]
+                assert any(word in note for word in (row["run"], row["method"], row["certifier"])), (table, label, note)
+                checked += 1
+    assert checked >= 3

@@ -11,6 +11,7 @@ method are shades of it.
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -293,17 +294,40 @@ def overlay_linf_published(ax, summary: pd.DataFrame, published: pd.DataFrame | 
                 )
 
 
+def evaluated_radii(certify_file) -> list[float] | None:
+    """The ε values an ℓ∞ grid or single-ε evaluator actually evaluated (None for exact radii: smoothing, margin)."""
+    meta = json.loads(Path(certify_file).with_suffix(".json").read_text())
+    if meta.get("attack_eps") is not None:
+        return [float(meta["attack_eps"])]
+    if meta.get("norm") == "linf" and meta.get("eps_grid") and meta.get("max_radius") is not None:
+        return sorted(float(e) for e in meta["eps_grid"])
+    return None
+
+
 def curves(summary: pd.DataFrame, radius_max: float, step: float = 0.01) -> pd.DataFrame:
     """Certified (or empirical) accuracy on a radius grid (step 0.01, as Cohen's analyze.py), per model, mean over
-    seeds."""
+    seeds. An evaluator that only looked at some ε (an ε grid, or one ε) is drawn as what its data say between them:
+    a certificate at ε covers every smaller radius, so a certified curve takes the value of the next evaluated ε to
+    the right; robust accuracy never rises with the radius, so an attack's upper bound holds its value from the last
+    evaluated ε to the left (it cannot dip below a certificate of the same model between grid points). The evaluated
+    ε are in the grid too, flagged `evaluated` (the figures mark them); past the largest, the curve is unknown."""
     grid = np.round(np.arange(0.0, radius_max + step / 2, step), 10)
     parts = []
     for label, row in zip(run_labels(summary), summary.itertuples(index=False)):
         frame = read_tsv(row.certify_file)
         ok = frame["radius"].to_numpy()[frame["correct"].to_numpy() == 1]
-        acc = (ok[None, :] >= grid[:, None]).sum(axis=1) / len(frame)
-        if getattr(row, "norm", "l2") == "linf" and pd.notna(row.max_radius):
-            acc = np.where(grid <= row.max_radius + 1e-12, acc, np.nan)  # past an eps grid's end: unknown, not 0
+        points = evaluated_radii(row.certify_file) if getattr(row, "norm", "l2") == "linf" else None
+        radii = grid if points is None else np.union1d(grid, [p for p in points if p <= radius_max])
+        at = radii
+        if points is not None and getattr(row, "kind", "certified") == "empirical":
+            known = np.array([0.0, *points])
+            at = known[np.searchsorted(known, radii + 1e-12, side="right") - 1]  # the evaluated ε to the left
+        acc = (ok[None, :] >= at[:, None] - 1e-12).sum(axis=1) / len(frame)
+        if points is not None:
+            acc = np.where(radii <= max(points) + 1e-12, acc, np.nan)  # past the last evaluated ε: unknown, not 0
+        evaluated = (
+            np.isin(np.round(radii, 12), np.round(points, 12)) if points is not None else np.zeros(len(radii), bool)
+        )
         parts.append(
             pd.DataFrame(
                 {
@@ -315,14 +339,15 @@ def curves(summary: pd.DataFrame, radius_max: float, step: float = 0.01) -> pd.D
                     "sigma": row.sigma,
                     "seed": row.seed,
                     "kind": getattr(row, "kind", "certified"),
-                    "radius": grid,
+                    "radius": radii,
+                    "evaluated": evaluated,
                     "certified_accuracy": acc,
                 }
             )
         )
     data = pd.concat(parts)
     return data.groupby(
-        ["model", "run", "certifier", "checkpoint", "method", "sigma", "kind", "radius"],
+        ["model", "run", "certifier", "checkpoint", "method", "sigma", "kind", "radius", "evaluated"],
         sort=False,
         dropna=False,
         as_index=False,
@@ -364,6 +389,10 @@ def plot_certified_accuracy(
             linestyle=style,
             label=model + (" (empirical)" if empirical else ""),
         )
+        points = part[part["evaluated"]]
+        if len(points):  # the ε an evaluator looked at; between them the line is what those values imply
+            ax.plot(points["radius"], points["certified_accuracy"], linestyle="none", marker="o", markersize=4,
+                    color=palette[model])  # fmt: skip
     if norm == "l2":
         ax.set(xlim=(0, radius_max), ylim=(0, 1), xlabel=r"radius ($\ell_2$)", ylabel="certified accuracy")
     else:

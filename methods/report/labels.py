@@ -43,6 +43,11 @@ def caveats(row) -> list[str]:
             f"{row['run']} [best]: the epoch with the highest {selected_by} (selected on test images, as the "
             f"paper's code does; see best_epoch in summary.csv)"
         )
+    precision = [f"{stage} in {dtype}" for stage, dtype in (("trained", row.get("train_dtype")),
+                                                             ("certified", row.get("certify_dtype")))
+                 if isinstance(dtype, str) and "bfloat16" in dtype]  # fmt: skip
+    if precision:
+        out.append(f"{row['run']}: {' and '.join(precision)}, not the papers' float32")
     return out
 
 

@@ -45,8 +45,10 @@ def _train_log_stats(run_dir: Path) -> dict:
             "train_eval_sec_per_epoch": float("nan"),
             "epochs": float("nan"),
             "train_hours": float("nan"),
+            "train_dtype": "",
         }
     log = pd.read_csv(run_dir / "train_log.tsv", sep="\t")
+    dtypes = sorted(set(log["dtype"].dropna().astype(str))) if "dtype" in log else ["float32"]  # before the column
     passes = [pd.to_numeric(log[c], errors="coerce") for c in ("eval_seconds", "select_seconds") if c in log]
     passes = [p for p in passes if p.notna().all()]
     with_eval = float((log["train_seconds"] + sum(passes)).mean()) if passes else float("nan")
@@ -55,6 +57,7 @@ def _train_log_stats(run_dir: Path) -> dict:
         "train_eval_sec_per_epoch": with_eval,
         "epochs": int(len(log)),
         "train_hours": float(log["train_seconds"].sum()) / 3600,
+        "train_dtype": "/".join(dtypes),  # float32, or bfloat16 where the fast path trained in bf16 autocast
     }
 
 
@@ -107,6 +110,10 @@ def summarize(
             {
                 "certify_sec_per_example": float(frame["time"].mean()),
                 "samples_per_example": float(frame["samples"].mean()) if "samples" in frame else float("nan"),
+                # the spread of the draws per image (the sequential certifiers' cost is skewed: most images stop
+                # early, a few run to the cap)
+                "samples_median": float(frame["samples"].median()) if "samples" in frame else float("nan"),
+                "samples_p90": float(frame["samples"].quantile(0.9)) if "samples" in frame else float("nan"),
                 "certify_path": "/".join(sorted(set(frame["path"]))) if "path" in frame else "",
                 "certify_dtype": "/".join(sorted(set(frame["dtype"]))) if "dtype" in frame else "",
                 "device": info["device"],

@@ -54,35 +54,46 @@ def envelope_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def cost_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Every smoothing certifier of a run side by side: certified accuracy at the radii, noisy samples and seconds
-    per image, the path and dtype that computed them, and against CERTIFY on the same run: the share of its samples
-    and the largest accuracy gap over the radii (mean over seeds)."""
+    """Every smoothing certifier of a run beside CERTIFY on the same images (CERTIFY, adaptive, sequential, ...):
+    certified accuracy at the radii and its gap to CERTIFY's at each radius (`gap@r`, certifier − CERTIFY: negative
+    where it certifies fewer images) and the largest |gap|, noisy samples per image — mean, median and 90th
+    percentile, since a sequential certifier's cost is skewed (most images stop early, a few run to the cap) — and
+    the mean's share of CERTIFY's, seconds per image, and the path and dtype that computed them (mean over seeds).
+    The comparison columns are empty where the run has no CERTIFY rows or they cover other images."""
     summary = of_norm(summary, "l2")
     radius_cols = radius_columns(summary)
     if summary.empty:
         return pd.DataFrame()
     summary = summary.assign(checkpoint=checkpoints(summary))
-    for col in ("samples_per_example", "certify_path", "certify_dtype"):
+    for col in ("samples_per_example", "samples_median", "samples_p90", "certify_path", "certify_dtype", "subset"):
         if col not in summary:
-            summary[col] = float("nan") if col == "samples_per_example" else ""
+            summary[col] = "" if col in ("certify_path", "certify_dtype", "subset") else float("nan")
     table = (
         summary.groupby(["run", "checkpoint", "certifier"], sort=False)
         .agg(
             **{c: (c, "mean") for c in radius_cols},
             samples_per_example=("samples_per_example", "mean"),
+            samples_median=("samples_median", "mean"),
+            samples_p90=("samples_p90", "mean"),
             sec_per_example=("certify_sec_per_example", "mean"),
             path=("certify_path", "first"),
             dtype=("certify_dtype", "first"),
             seeds=("seed", "nunique"),
+            images=("subset", lambda s: tuple(sorted(set(s)))),
+            examples=("examples", "first"),
         )
         .reset_index()
     )
     cohen = table[table["certifier"] == "cohen"].set_index(["run", "checkpoint"])
-    share, gap = [], []
+    share, gap, per_radius = [], [], {c: [] for c in radius_cols}
     for _, row in table.iterrows():
         key = (row["run"], row["checkpoint"])
         base = cohen.loc[key] if key in cohen.index else None
+        if base is not None and (base["images"], base["examples"]) != (row["images"], row["examples"]):
+            base = None  # not the same images: no comparison
         share.append(row["samples_per_example"] / base["samples_per_example"] if base is not None else float("nan"))
+        for c in radius_cols:
+            per_radius[c].append(row[c] - base[c] if base is not None else float("nan"))
         gap.append(
             max((abs(row[c] - base[c]) for c in radius_cols), default=float("nan"))
             if base is not None
@@ -90,7 +101,9 @@ def cost_table(summary: pd.DataFrame) -> pd.DataFrame:
         )
     table["samples_vs_cohen"] = share
     table["max_acc_gap_vs_cohen"] = gap
-    return table.rename(columns={c: c.split("@")[1] for c in radius_cols})
+    for c in radius_cols:
+        table[f"gap@{c.split('@')[1]}"] = per_radius[c]
+    return table.drop(columns=["images", "examples"]).rename(columns={c: c.split("@")[1] for c in radius_cols})
 
 
 #: The paper's own timing columns of the timing table (metric in published.csv → column).
@@ -177,14 +190,20 @@ def _latex(table: pd.DataFrame, bold_best: list[str], caption: str, notes: list[
 
 
 def describe_protocol(summary: pd.DataFrame) -> str:
-    """The evaluation protocol(s) behind a table: subset, and n0, n, alpha for smoothing (one clause each)."""
-    clauses = []
-    for p in summary.drop_duplicates(["dataset", "examples", "subset", "n0", "n", "alpha"]).itertuples(index=False):
-        clause = f"{p.dataset}: {p.examples} test images ({p.subset})"
-        if pd.notna(p.n):
-            clause += f", n0 = {int(p.n0)}, n = {int(p.n)}, alpha = {p.alpha}"
-        clauses.append(clause)
-    return "; ".join(dict.fromkeys(clauses))
+    """The evaluation protocol(s) behind a table: each distinct test subset once, then each distinct smoothing
+    setting (n0, n, alpha) once, and the precision of any row not certified in float32."""
+    subsets = [f"{p.dataset}: {p.examples} test images ({p.subset})"
+               for p in summary.drop_duplicates(["dataset", "examples", "subset"]).itertuples(index=False)]  # fmt: skip
+    smoothing = summary[summary["n"].notna()] if "n" in summary else summary.iloc[0:0]
+    settings = [f"smoothing: n0 = {int(p.n0)}, n = {int(p.n)}, alpha = {p.alpha}"
+                for p in smoothing.drop_duplicates(["n0", "n", "alpha"]).itertuples(index=False)]  # fmt: skip
+    dtypes = set(summary.get("certify_dtype", pd.Series(dtype=str)).dropna()) | set(
+        summary.get("train_dtype", pd.Series(dtype=str)).dropna()
+    )
+    precision = [f"precision: {', '.join(sorted(d for d in dtypes if d))} (float32 is the papers')"] if (
+        dtypes - {"float32", ""}
+    ) else []  # fmt: skip
+    return "; ".join(dict.fromkeys(subsets + settings + precision))
 
 
 def write_tables(
@@ -226,11 +245,12 @@ def write_tables(
                 l2,
                 cost_table(summary),
                 [],
-                f"Certification cost: every smoothing certifier of a run side by side, with its noisy samples "
-                f"and seconds per image, the path (fast / plain) and dtype of the base classifier, and, against "
-                f"CERTIFY on the same run, the share of its samples and the largest gap in certified accuracy "
-                f"over the radii. The adaptive certifier only decides the configured radii (its n is a "
-                f"maximum). {protocol}.",
+                f"Certification cost: every smoothing certifier of a run side by side on the same images, with "
+                f"its noisy samples per image (mean, median, 90th percentile) and seconds per image, the path "
+                f"(fast / plain) and dtype of the base classifier, and, against CERTIFY: the share of its samples, "
+                f"the gap in certified accuracy at each radius (gap@r, negative = fewer certified) and the largest "
+                f"over the radii. The adaptive and sequential certifiers only decide the configured radii (their "
+                f"n is a maximum). {protocol}.",
                 ".4g",
             ),
         ]
@@ -251,10 +271,11 @@ def write_tables(
             )
         )
     if "timing" in what:
+        last = summary[checkpoints(summary) == "last"]  # the rows the timing table labels: its footnotes are theirs
         tables.append(
             (
                 "timing",
-                summary,
+                last,
                 timing_table(summary, published),
                 [],
                 f"Training cost per run, beside the paper's own timing and hardware where the run names "
