@@ -10,6 +10,7 @@ import pytest
 from methods.certify.registry import certifier_spec
 from methods.certify.smoothing import max_radius
 from methods.certify.step import _fingerprint, certify_run, merge_shards, subset_indices
+from methods.core.io import sha256_file
 from methods.core.tsv import TSV_COLUMNS, read_tsv
 from methods.train.loop import train
 
@@ -68,7 +69,7 @@ def test_certificates_are_reproducible(trained, tmp_path):
 
 
 def _partial(model, spec, lines: list[str], stamp: str | None = None) -> str:
-    stamp = stamp or _fingerprint(model, certifier_spec(spec, "cohen"), "cohen", 0, 1)
+    stamp = stamp or _fingerprint(sha256_file(model), certifier_spec(spec, "cohen"), "cohen", 0, 1)
     return f"# fingerprint {stamp}\n" + "".join(lines)
 
 
@@ -92,7 +93,7 @@ def test_rows_from_other_settings_are_not_resumed(trained, tmp_path, capsys):
     forged[3] = "99.0"  # a radius no run at these settings can produce
     other = {**spec, "certify": {**spec["certify"], "n": 400}}
     (tmp_path / "out.tsv.partial").write_text(
-        _partial(model, spec, [header, "\t".join(forged)], stamp=_fingerprint(model, other, "cohen", 0, 1))
+        _partial(model, spec, [header, "\t".join(forged)], stamp=_fingerprint(sha256_file(model), other, "cohen", 0, 1))
     )
     resumed = read_tsv(certify_run(model, spec, tmp_path / "out.tsv", device="cpu", progress=False))
     assert "ignoring" in capsys.readouterr().out

@@ -24,7 +24,18 @@ from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint
 from ..core import data
-from ..core.io import allow_tf32, atomic_write_text, provenance, select_device, spec_json, synchronize, write_json
+from ..core.errors import InputError
+from ..core.io import (
+    RunLock,
+    allow_tf32,
+    atomic_write_text,
+    provenance,
+    select_device,
+    sha256_file,
+    spec_json,
+    synchronize,
+    write_json,
+)
 from ..core.tsv import format_row, parse_rows, read_rows, tsv_text
 from .registry import CERTIFIERS, BatchEvaluator, SmoothingCertifier, certifier_spec, check_serves
 from .sampling import FastSampler, FastSettings, resolve_dtype, run_plain
@@ -52,12 +63,8 @@ def example_generator(seed: int, idx: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(seed * 2**32 + idx)
 
 
-def _fingerprint(checkpoint: Path, spec: dict, certifier: str, shard: int, shards: int) -> str:
+def _fingerprint(model_sha256: str, spec: dict, certifier: str, shard: int, shards: int) -> str:
     """What the rows of a partial file depend on: a partial file from other settings or another model is stale."""
-    digest = hashlib.sha256()
-    with open(checkpoint, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
     return hashlib.sha256(
         spec_json(
             {
@@ -65,7 +72,7 @@ def _fingerprint(checkpoint: Path, spec: dict, certifier: str, shard: int, shard
                 "certifier": certifier,
                 "seed": spec["seed"],
                 "shard": [shard, shards],
-                "model": digest.hexdigest(),
+                "model": model_sha256,
             }
         ).encode()
     ).hexdigest()
@@ -125,19 +132,42 @@ def certify_run(
 
     Smoothing certifiers run as sampling plans on the fast path (many images per forward pass; an example's `time`
     is its share of the passes it took part in) or the plain one (one image at a time); ℓ∞ evaluators take a batch
-    of `certify.batch_size` examples at a time, each example's `time` being its share of the batch.
+    of `certify.batch_size` examples at a time, each example's `time` being its share of the batch. One process at a
+    time per output (a second one stops with a message instead of interleaving rows in the partial file); the model
+    file must be the run's (method, dataset, hyper-parameters, run name: a copied or swapped file is refused).
     """
+    with RunLock(Path(out), f"certification {out}"):
+        return _certify(checkpoint, spec, Path(out), certifier, device, shard, shards, progress)
+
+
+def check_model_belongs(info: dict, spec: dict, checkpoint) -> None:
+    """The model file was trained for this run: same method, dataset, hyper-parameters (σ among them) and run name."""
+    for key in ("method", "dataset", "run"):
+        if key in info and info[key] != spec[key]:
+            raise InputError(f"{checkpoint} was trained for {key} {info[key]!r}, not this run's {spec[key]!r}: "
+                             f"certify the run's own model file")  # fmt: skip
+    differing = sorted(k for k in set(info["hparams"]) | set(spec["hparams"])
+                       if info["hparams"].get(k) != spec["hparams"].get(k))  # fmt: skip
+    if differing:
+        shown = ", ".join(f"{k} {info['hparams'].get(k)!r} vs {spec['hparams'].get(k)!r}" for k in differing[:3])
+        raise InputError(f"{checkpoint} was trained with other hyper-parameters than run {spec['run']!r} ({shown}): "
+                         f"certify the run's own model file")  # fmt: skip
+
+
+def _certify(checkpoint, spec: dict, out: Path, certifier: str, device: str, shard: int, shards: int,
+             progress: bool) -> Path:  # fmt: skip
     spec = certifier_spec(spec, certifier)  # also refuses an unknown certifier
     entry = CERTIFIERS[certifier]
-    out = Path(out)
     dev = select_device(device if device != "auto" else spec.get("device", "auto"))
     model, info = load_checkpoint(checkpoint, dev)
     check_serves(certifier, info["threat_model"], str(checkpoint))
+    check_model_belongs(info, spec, checkpoint)
+    model_sha256 = sha256_file(checkpoint)
     cfg = spec["certify"]
     test_set = data.load(info["dataset"], "test", spec["data_root"], spec["download"])
     indices = shard_of(subset_indices(len(test_set), cfg["start"], cfg["skip"], cfg["count"]), shard, shards)
     partial = out.with_name(out.name + ".partial")
-    fingerprint = _fingerprint(Path(checkpoint), spec, certifier, shard, shards)
+    fingerprint = _fingerprint(model_sha256, spec, certifier, shard, shards)
     done = _resumable_rows(partial, fingerprint)
     rows_kept = [done[i] for i in indices if i in done]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +247,7 @@ def certify_run(
             "shards": shards,
             **path_info,
             "model": str(checkpoint),
+            "model_sha256": model_sha256,
             "model_info": info,
             "provenance": provenance(dev),
         },

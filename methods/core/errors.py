@@ -20,3 +20,11 @@ def one_line(exc: BaseException) -> str:
     if text.endswith(":") and len(lines) > 1:
         text = f"{text} {lines[1]}"
     return f"{type(exc).__name__}: {text}"[:300]
+
+
+class InputError(ValueError):
+    """A file the step reads is not what it should be (corrupted, truncated, from another run); the message names it."""
+
+
+class LockError(RuntimeError):
+    """Another process holds the output this step would write."""

@@ -4,6 +4,8 @@ made."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -16,13 +18,24 @@ from pathlib import Path
 
 import torch
 
+from .errors import LockError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write(path: str | Path, write) -> None:
-    """Call write(file_object) on a temporary file beside `path`, then rename it over `path` (atomic on POSIX)."""
+    """Call write(file_object) on a temporary file beside `path`, then rename it over `path` (atomic on POSIX). The
+    file gets the mode any other file of the run would (0666 less the umask): mkstemp creates it 0600, which a
+    shared cluster directory's group could not read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -40,6 +53,47 @@ def atomic_save(obj, path: str | Path) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def sha256_file(path: str | Path) -> str:
+    """The file's sha256 (hex), read in 1 MB blocks: what run.json and the certify sidecars record of a model file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class RunLock:
+    """An exclusive lock on one output (a run directory, a certify TSV) for the life of a `with` block: a second
+    process that would write the same files stops at once with a message naming the first, instead of interleaving
+    its rows or epochs with it. `fcntl.flock` on `<path>.lock`: released by the kernel when the holder exits, even on
+    kill -9, so a stale lock file never blocks a rerun."""
+
+    def __init__(self, path: str | Path, what: str):
+        self.path, self.what, self.fh = Path(str(path) + ".lock"), what, None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "another process"
+            self.fh.close()
+            raise LockError(f"{self.what} is in use by {holder} (lock {self.path}): wait for it to finish, or stop it "
+                            f"and rerun") from None  # fmt: skip
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+        return False
 
 
 def git_commit() -> str:

@@ -15,6 +15,7 @@ Layout of a run directory:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -31,12 +32,14 @@ from tqdm import tqdm
 
 from ..checkpoint import save_model
 from ..core import data, models
+from ..core.errors import InputError
 from ..core.io import (
-    atomic_save,
+    RunLock,
     atomic_write_text,
     device_name,
     provenance,
     select_device,
+    sha256_file,
     spec_json,
     synchronize,
     write_json,
@@ -44,7 +47,10 @@ from ..core.io import (
 from ..registry import get_method
 from . import device_data, distributed
 from . import fast as fast_train
+from . import state as resume_state
 from .build import build_scheduler, build_training
+from .early_stop import EarlyStop
+from .health import check_health, health_summary, new_health
 from .selection import selection_accuracy, selection_description, selection_subset
 
 LOG_COLUMNS = (
@@ -166,7 +172,8 @@ def train(
         ctx, dev = distributed.setup(dev)
         try:
             train_cfg = spec["train"]
-            with fast_train.backend_flags(train_cfg.get("fast", False), dev, train_cfg.get("tf32", False)):
+            lock = RunLock(Path(out_dir), f"run directory {out_dir}") if ctx.main else contextlib.nullcontext()
+            with lock, fast_train.backend_flags(train_cfg.get("fast", False), dev, train_cfg.get("tf32", False)):
                 return _train(spec, out_dir, dev, progress and ctx.main, on_epoch_end, stop, ctx)
         finally:
             distributed.teardown(ctx)
@@ -210,13 +217,23 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
     best: dict | None = None  # {"epoch", "accuracy", "model"}: the selected epoch so far (part of the resume state)
     partial: dict | None = None  # a mid-epoch position to continue from
     fingerprint = training_fingerprint(spec)
-    if state_path.exists():
-        state = torch.load(state_path, map_location=dev, weights_only=True)
+    num_classes = data.info(spec["dataset"]).num_classes
+    health = new_health()
+    threads = torch.get_num_threads() if dev.type == "cpu" else None  # on the CPU, part of what is trained
+    state = resume_state.load(state_path, dev, move_aside=ctx.main)
+    if state is not None:
+        if state["fingerprint"] == fingerprint and state.get("threads", threads) != threads:
+            raise InputError(
+                f"{state_path} was written by a process with {state['threads']} CPU threads and this one has "
+                f"{threads}: on the CPU the thread count changes the trained model; rerun with --threads "
+                f"{state['threads']} (or delete {state_path.parent} to start over)"
+            )
         if state["fingerprint"] == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             rows = list(state["log"])
+            health = state.get("health") or new_health()
             best = state.get("best")
             partial = state.get("partial")
             where = f" + {partial['batches_done']} batches" if partial else ""
@@ -225,11 +242,16 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
         elif ctx.main:
             stale = state_path.with_suffix(".stale.pt")
             state_path.replace(stale)
+            state_path.with_name(resume_state.PREVIOUS).unlink(missing_ok=True)
             print(
                 f"the resume state in {state_path} is from another spec; moved it to {stale} and starting over",
                 flush=True,
             )
 
+    # early stop (Fast AT; methods/train/early_stop.py): None unless the run's hparams ask for it
+    early = EarlyStop.for_run(method, hp, lambda *counts: distributed.all_sum(ctx, *map(torch.tensor, counts)))
+    if early is not None and state is not None and state["fingerprint"] == fingerprint:
+        early.load_state_dict(state.get("early_stop"))
     if path.fast and ctx.main:
         print(f"{spec['run']} seed {seed}: {path.summary(optimizer_impl)}", flush=True)
     test_loader = None
@@ -247,8 +269,9 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
             num_workers=cfg["num_workers"],
         )
 
-    def write_run_json() -> dict:
-        """run.json; rewritten after an epoch in which torch.compile fell back to eager (train_path says so)."""
+    def write_run_json(**final) -> dict:
+        """run.json; rewritten after an epoch in which torch.compile fell back to eager (train_path says so), and at
+        the end with the sha256 of every model file (`models`) and the run's health."""
         compiled = fast_train.compile_record(training.step_model, path)
         write_json(
             out_dir / "run.json",
@@ -256,7 +279,9 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
                 "spec": spec,
                 "provenance": provenance(dev),
                 "processes": ctx.world,
+                "threads": threads,
                 "train_path": {**path.record(optimizer_impl), **compiled, "tf32": spec["train"].get("tf32", False)},
+                **final,
             },
         )
         return compiled
@@ -267,21 +292,26 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
     def save_state(mid_epoch: dict | None) -> None:
         """The resume state (rank 0 writes it, every rank waits): after an epoch, or mid-epoch with its position."""
         if ctx.main:
-            atomic_save(
+            resume_state.save(
                 {
                     "fingerprint": fingerprint,
+                    "threads": threads,
+                    "health": health,
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "log": rows,
                     "best": best,
                     "partial": mid_epoch,
+                    "early_stop": early.state_dict() if early is not None else None,
                 },
                 state_path,
             )
         distributed.barrier(ctx)
 
     for epoch in range(len(rows), epochs):
+        if early is not None and early.stopped:  # early stop: the previous epoch's weights are the model
+            break
         torch.manual_seed(epoch_seed(seed, epoch) + ctx.rank * RANK_SEED_STRIDE)
         order = torch.Generator().manual_seed(epoch_seed(seed, epoch))  # the same batch order on every rank
         global_sizes = None
@@ -342,6 +372,8 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if hook is not None:  # this rank's share of the batch mean
                 hook.weight = len(y) / global_sizes[i]
+            if early is not None and i == 0:  # early stop: its check attacks the epoch's first batch
+                early.capture(x, y)
             result = step(step_model, optimizer, x, y, hp, epoch + i / batches)
             if per_iteration:
                 scheduler.step()
@@ -407,6 +439,9 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
             **path.log_fields(),
             "compiled": fast_train.compile_record(training.step_model, path)["compiled"],
         }
+        if early is not None and early.after_epoch(model, epoch + 1) and ctx.main:  # early stop (Fast AT)
+            print(f"{spec['run']} seed {seed}: early stop after epoch {epoch + 1} (check accuracy "
+                  f"{early.accuracies[-1]:.4f} after {early.previous:.4f}): epoch {epoch}'s weights kept", flush=True)  # fmt: skip
         if test_loader is not None and ctx.main:
             t1 = time.perf_counter()
             row["test_loss"], row["test_accuracy"] = evaluate(method, model, test_loader, hp, dev)
@@ -424,6 +459,9 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
                     "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
                 }
         rows.append(row)
+        warning = check_health(health, rows, num_classes)
+        if warning and ctx.main:
+            print(f"{spec['run']} seed {seed}: WARNING: {warning}", flush=True)
         if ctx.main and fast_train.compile_record(training.step_model, path) != recorded:
             recorded = write_run_json()
         save_state(None)
@@ -469,8 +507,14 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
         "seed": seed,
         "device": device_name(dev),
         "train_seconds": sum(float(r["train_seconds"]) for r in rows),
+        "health": health_summary(health, len(rows)),
+        "threads": threads,
+        **({"early_stop": early.record()} if early is not None else {}),  # early stop: which epoch's weights
     }
+    if info["health"]:
+        print(f"{spec['run']} seed {seed}: WARNING: {info['health']}", flush=True)
     save_model(model, info, out_dir / "model.pt")
+    files = {"model.pt": sha256_file(out_dir / "model.pt")}
     if select:
         last = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(best["model"])
@@ -486,9 +530,11 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
             out_dir / "model_best.pt",
         )
         model.load_state_dict(last)
+        files["model_best.pt"] = sha256_file(out_dir / "model_best.pt")
         print(
             f"{spec['run']} seed {seed}: best epoch {best['epoch']} (selection accuracy {best['accuracy']:.4f}) "
             f"-> model_best.pt; last epoch -> model.pt",
             flush=True,
         )
+    write_run_json(models=files, health=health_summary(health, len(rows)))
     return out_dir / "model.pt"
