@@ -18,7 +18,9 @@ import copy
 import dataclasses
 import functools
 import itertools
+import math
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ import jsonschema
 import yaml
 
 from .certify.registry import CERTIFIERS, DEFAULT_CERTIFIERS, BatchEvaluator
+from .core.data import TEST_SIZES
 from .core.errors import ConfigError
 from .core.interface import HparamError
 from .core.io import spec_json
@@ -143,6 +146,7 @@ def validate(config: dict) -> dict:
         raise ConfigError(
             "config error at <top level>: no runs: give `runs` (named runs) and/or `grids` (families of runs)"
         )
+    _check_finite(config, [])
     schema = _schema()
     _check_schema(config, schema)
     runs = expand_grids(config.get("grids", {}), config.get("runs", {}))
@@ -178,8 +182,15 @@ def load(path: str | Path | None = None) -> dict:
     path = Path(path) if path else DEFAULT_CONFIG
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    with open(path) as fh:
-        raw = yaml.safe_load(fh) or {}
+    try:
+        with open(path) as fh:
+            raw = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            f"config file {path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"
+        ) from None
     return validate(raw)
 
 
@@ -195,6 +206,7 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
     where = f"runs.{name}"
 
     method = get_method(run["method"])
+    _check_hparam_types(method.Hparams, run.get("hparams", {}), f"{where}.hparams")
     try:
         hparams = method.Hparams(**run.get("hparams", {}))
     except TypeError as exc:
@@ -207,6 +219,7 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
     if cert["certifiers"] is None:
         cert["certifiers"] = list(DEFAULT_CERTIFIERS[method.THREAT_MODEL])
     _check_certifiers(cert, method.THREAT_MODEL, run["method"], f"{where}.certify")
+    _check_subset(cert, spec["dataset"], f"{where}.certify")
     cert["attack_eps"] = _attack_eps(cert, hparams, f"{where}.certify.attack_eps")
     if cert["n0"] > cert["n"]:
         raise ConfigError(f"config error at {where}.certify.n0: n0 = {cert['n0']} exceeds n = {cert['n']}")
@@ -223,10 +236,15 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
         )
     train = spec["train"]
     check_fast_train(train, f"{where}.train")
-    if train["schedule"] == "multistep" and not train["milestones"]:
+    fractions = train.get("milestone_fractions")
+    if train["schedule"] == "multistep" and not train["milestones"] and not fractions:
         raise ConfigError(f"config error at {where}.train.milestones: the multistep schedule needs milestones")
-    if train["milestones"] != sorted(train["milestones"]):
-        raise ConfigError(f"config error at {where}.train.milestones: must be increasing, got {train['milestones']}")
+    if fractions and train["milestones"]:
+        raise ConfigError(f"config error at {where}.train.milestone_fractions: give milestones or milestone_fractions, "
+                          f"not both")  # fmt: skip
+    for key in ("milestones", "milestone_fractions"):
+        if (train.get(key) or []) != sorted(train.get(key) or []):
+            raise ConfigError(f"config error at {where}.train.{key}: must be increasing, got {train[key]}")
 
     for key in ("resources", "report", "seeds", "bench"):  # none changes what this (run, seed) computes
         spec.pop(key, None)
@@ -234,6 +252,50 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
         run=name, method=run["method"], hparams=dataclasses.asdict(hparams), seed=seed, threat_model=method.THREAT_MODEL
     )
     return spec
+
+
+def _check_finite(node, path: list) -> None:
+    """No inf or NaN anywhere (YAML's .inf and .nan pass the schema's `number` and fail only inside a job)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"config error at {_field(path)}: must be a finite number, got {node}")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite(value, [*path, key])
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_finite(value, [*path, i])
+
+
+#: What a hyper-parameter annotated with this type accepts (bool is an int in Python, never one here).
+_ACCEPTS = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+
+
+def _check_hparam_types(hparams_cls, given: dict, where: str) -> None:
+    """A float where an integer is needed (`k: 16.5`) fails here naming the field, not at the first training step
+    with a torch error that names none."""
+    hints = typing.get_type_hints(hparams_cls)
+    for name, value in given.items():
+        wanted = hints.get(name)
+        if wanted not in _ACCEPTS:
+            continue
+        if not isinstance(value, _ACCEPTS[wanted]) or (wanted is not bool and isinstance(value, bool)):
+            raise ConfigError(f"config error at {where}.{name}: must be {wanted.__name__}, got {value!r}")
+
+
+def _check_subset(cert: dict, dataset: str, where: str) -> None:
+    """The certified subset lies inside the test set, whose size is known before any job runs."""
+    size = TEST_SIZES.get(dataset)
+    if size is None:
+        return
+    if cert["start"] >= size:
+        raise ConfigError(f"config error at {where}.start: {cert['start']} is past the end of the {dataset} test "
+                          f"set ({size} images)")  # fmt: skip
+    if cert["count"] is not None:
+        last = cert["start"] + (cert["count"] - 1) * cert["skip"]
+        if last >= size:
+            raise ConfigError(f"config error at {where}.count: {cert['count']} images from start {cert['start']} "
+                              f"every {cert['skip']} reach index {last}, past the {dataset} test set ({size} "
+                              f"images)")  # fmt: skip
 
 
 def _check_certifiers(cert: dict, threat_model: str, method: str, where: str) -> None:

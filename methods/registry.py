@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import backward_smoothing, cohen, feng, linf_dist, macer, salman
+from . import backward_smoothing, cohen, fast_at, fast_at_bs, feng, linf_dist, macer, salman, trades
 from .core.interface import THREAT_MODELS
 
 #: method name (as written in configs and model files) -> module
@@ -22,6 +22,9 @@ METHODS: dict[str, ModuleType] = {
     "feng": feng,
     "linf_dist": linf_dist,
     "backward_smoothing": backward_smoothing,
+    "trades": trades,
+    "fast_at": fast_at,
+    "fast_at_bs": fast_at_bs,
 }
 
 

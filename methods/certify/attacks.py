@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ..core.adversary import PGD, frozen_eval, predict
 from ..core.io import synchronize
 from ..core.tsv import TSV_COLUMNS
+from ..fast_at import fast_pgd
 
 #: PGD-20 / PGD-100 at ε = 8/255, step 2/255, CE, no random start (random start is the caller's choice: `replace`).
 PGD20 = PGD(eps=8 / 255, step_size=2 / 255, steps=20)
@@ -24,6 +26,33 @@ PGD100 = PGD(eps=8 / 255, step_size=2 / 255, steps=100)
 #: the per-epoch "best" checkpoint (first 2,560 test images), PGD-100 for the final number (METHODS.md §5).
 BACKWARD_SMOOTHING_PGD20 = PGD(eps=0.031, step_size=0.0078, steps=20)
 BACKWARD_SMOOTHING_PGD100 = PGD(eps=0.031, step_size=0.0078, steps=100)
+#: TRADES's own evaluation (`pgd_attack_cifar10.py`, the README's "FGSM-20"): PGD-20, ε 0.031, step 0.003, random
+#: start U(−ε, ε), CE, eval mode (METHODS.md §7.1). The reference's start is not clipped to [0, 1] before its first
+#: forward; here it is (pgd_linf projects it): the steps that follow project anyway.
+TRADES_PGD20 = PGD(eps=0.031, step_size=0.003, steps=20, random_start=True)
+
+
+@dataclass(frozen=True)
+class FastPGD:
+    """Fast AT's final evaluation (`utils.attack_pgd` via `evaluate_pgd(test_loader, model, 50, 10)`; METHODS.md §7.3)
+    in frozen eval mode: `restarts` random starts U(−ε, ε) clipped to the pixel box, `steps` sign steps of the mean CE
+    that move only the examples still classified correctly, and per example the restart with the highest CE
+    (methods/fast_at.py's `fast_pgd`). `attack(model, x, y, eps)` runs it at another ε with the step the same
+    fraction of ε, like `PGD`."""
+
+    eps: float
+    step_size: float
+    steps: int
+    restarts: int
+
+    def __call__(self, model, x, y, eps: float | None = None, generator=None):
+        step = self.step_size if eps is None or eps == self.eps else self.step_size * eps / self.eps
+        with frozen_eval(model):
+            return fast_pgd(model, x, y, self.eps if eps is None else eps, step, self.steps, self.restarts, generator)
+
+
+#: PGD-50 with 10 restarts, ε 8/255, step 2/255 (Fast AT's reported robust accuracy).
+FAST_PGD50X10 = FastPGD(eps=8 / 255, step_size=2 / 255, steps=50, restarts=10)
 
 #: the official AutoAttack's iteration count for APGD-CE, APGD-T and FAB-T (fra31/auto-attack, all versions)
 AUTOATTACK_ITERATIONS = 100

@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..core.errors import ConfigError
 from . import adaptive, attacks, linf, sequential
 from .sampling import Plan
 from .smoothing import (
@@ -269,6 +270,18 @@ CERTIFIERS: dict[str, Certifier] = {
         per_example=False,
         note="AutoAttack standard at exactly attack_eps; empirical (an upper bound), not a certificate",
     ),
+    "trades-pgd20-at-eps": _at_eps(
+        linf.pgd_preset(attacks.TRADES_PGD20, random_start=True),
+        note="PGD-20 at exactly attack_eps, TRADES's own evaluation: CE, step 0.003 at eps 0.031 (the same fraction of "
+        "eps elsewhere), random start U(-eps, eps) (clipped to [0, 1] here, not in the reference); empirical (an upper "
+        "bound), not a certificate",
+    ),
+    "fast-pgd50x10-at-eps": _at_eps(
+        lambda num_classes: attacks.FAST_PGD50X10,
+        note="PGD-50 with 10 restarts at exactly attack_eps, Fast AT's evaluation: step 2/255 at eps 8/255 (the same "
+        "fraction of eps elsewhere), random start clipped to [0, 1], an example stops moving once misclassified, the "
+        "highest-CE restart kept; empirical (an upper bound), not a certificate",
+    ),
     "linf-dist-pgd100-at-eps": _at_eps(
         linf.pgd_preset(attacks.PGD100, random_start="gaussian"),
         scaled_logits=True,
@@ -294,7 +307,7 @@ CERTIFIER_NOTES = {name: c.note for name, c in CERTIFIERS.items() if c.note}
 
 def get_certifier(name: str) -> Certifier:
     if name not in CERTIFIERS:
-        raise ValueError(f"unknown certifier {name!r} (known: {', '.join(CERTIFIERS)})")
+        raise ConfigError(f"unknown certifier {name!r} (known: {', '.join(CERTIFIERS)})")
     return CERTIFIERS[name]
 
 

@@ -17,7 +17,11 @@ A method is one module under `methods/` (registered by name in `methods/registry
   per-epoch warm-ups use floor(epoch) and per-batch schedules (ℓ∞-dist nets' p) use it as it is;
 - optionally ``build_model(dataset, hp, model_cfg)`` and ``ARCH`` when the architecture is part of the method
   (ℓ∞-dist nets; `model_cfg` is the config's `model` section, or a model file's info) and
-  ``optimizer_params(model, lr, hp)`` when some parameters train at their own learning rate.
+  ``optimizer_params(model, lr, hp)`` when some parameters train at their own learning rate;
+- optionally ``precision(hp, device) -> (autocast dtype or None, note)`` when the method trains in mixed precision
+  itself (Fast AT's apex amp, replaced by autocast around the train step's forwards: methods/train/build.py), and
+  ``early_stop_accuracy(model, x, y, hp) -> (correct, count)`` when an hparam ``early_stop`` asks the loop to stop on
+  a falling robust accuracy of each epoch's first batch (Fast AT; methods/train/early_stop.py).
 The shared training loop (`methods.train`) owns everything else.
 """
 

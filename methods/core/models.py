@@ -215,6 +215,50 @@ class WideResNet(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
+class PreActBlock(nn.Module):
+    """Pre-activation basic block of Fast AT's PreActResNet-18 (METHODS.md §7.3): BN-ReLU-conv twice; where the shape
+    changes, the shortcut is a 1×1 conv (no BN) of the block's raw input, not of its pre-activation (as FAST's
+    `preact_resnet.py` writes it)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False))
+
+    def forward(self, x):
+        out = self.conv1(nn.functional.relu(self.bn1(x)))
+        out = self.conv2(nn.functional.relu(self.bn2(out)))
+        return out + (x if self.shortcut is None else self.shortcut(x))
+
+
+class PreActResNet18(nn.Module):
+    """Fast AT's PreActResNet-18 (Wong et al. 2020; METHODS.md §7.3): a 3×3 conv stem (64 channels, stride 1, no BN
+    before the first stage), four stages of two PreActBlocks (64/128/256/512, strides 1/2/2/2), a final BN + ReLU,
+    average pooling and a linear head. The reference pools with avg_pool2d(4), the global average of the 4×4 map of
+    a 32×32 input; global average pooling here is the same there and also takes smaller inputs (digits)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        layers, planes_in = [], 64
+        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            for i in range(2):
+                layers.append(PreActBlock(planes_in, planes, stride if i == 0 else 1))
+                planes_in = planes
+        self.layers = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(512)
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        out = nn.functional.relu(self.bn(self.layers(self.conv1(x))))
+        return self.linear(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+
+
 def _resnet50(in_channels: int, num_classes: int) -> nn.Module:
     from torchvision.models import resnet50
 
@@ -232,6 +276,7 @@ ARCHS = {
     "resnet50": _resnet50,
     "resnet18": lambda c, k: ResNet18(c, k),
     "wrn34_10": lambda c, k: WideResNet(34, 10, c, k),
+    "preact_resnet18": lambda c, k: PreActResNet18(c, k),
 }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..certify.registry import CERTIFIERS
 from .compare import caption as compare_caption
 from .compare import comparison_table, published_refs, ref_label
 from .labels import checkpoints, footnotes, of_norm, radius_columns, run_labels
@@ -110,14 +111,25 @@ def cost_table(summary: pd.DataFrame) -> pd.DataFrame:
 PAPER_TIMING = {"sec_per_epoch": "paper_sec_per_epoch", "epochs": "paper_epochs", "total_hours": "paper_total_hours"}
 
 
+def robust_accuracy(summary: pd.DataFrame) -> pd.Series:
+    """Per summary row, the accuracy under its standalone attack at its one ε (a `*-at-eps` evaluator's radius is ε
+    where the clean prediction is right and the attack fails, else 0, so ACR = ε × that accuracy); NaN for grid
+    evaluators and certificates."""
+    single = summary["certifier"].map(lambda c: bool(getattr(CERTIFIERS.get(c), "single_eps", False)))
+    radius = pd.to_numeric(summary.get("max_radius", pd.Series(np.nan, index=summary.index)), errors="coerce")
+    return (summary["acr"] / radius).where(single & (radius > 0))
+
+
 def timing_table(summary: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
     """sec/epoch, epochs, total hours and ACR per run (as MACER's Table 3; for ℓ∞ rows the mean radius, capped at the
-    ε grid's end for attacks), with the device it was measured on. A run with a selected "best" checkpoint is timed
+    ε grid's end for attacks), clean accuracy, robust accuracy under a standalone attack at its ε (the
+    `*-at-eps` rows: the backward-smoothing paper's comparison of training time and robustness), the device and
+    the precision it trained in. A run with a selected "best" checkpoint is timed
     once, on its last-epoch rows (training is the same run). Where a run names a published setting with a timing
     (MACER's Table 3, the ℓ∞-dist v2 README), the paper's sec/epoch, epochs, hours and hardware sit beside ours."""
     summary = summary[checkpoints(summary) == "last"]
     table = (
-        summary.assign(model=run_labels(summary))
+        summary.assign(model=run_labels(summary), robust_acc=robust_accuracy(summary))
         .groupby(["model", "method"], sort=False)
         .agg(
             run=("run", "first"),
@@ -126,8 +138,11 @@ def timing_table(summary: pd.DataFrame, published: pd.DataFrame | None = None) -
             epochs=("epochs", "first"),
             total_hours=("train_hours", "mean"),
             ACR=("acr", "mean"),
+            clean_acc=("clean_acc", "mean"),
+            robust_acc=("robust_acc", "mean"),
             certify_sec_per_example=("certify_sec_per_example", "mean"),
             device=("device", "first"),
+            precision=("train_dtype", "first"),
         )
         .reset_index()
     )
