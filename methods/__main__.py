@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from .core.errors import ConfigError, DatasetNotFound
+from .core.errors import ConfigError, DatasetNotFound, InputError, LockError
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -45,6 +45,17 @@ def _spec(args) -> dict:
         run = cfg["runs"].get(args.run, {})
         seed = run.get("seeds", cfg["seeds"])[0]
     return config.resolve_run(cfg, args.run, seed)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """--shard I/N, checked: 0 <= I < N."""
+    try:
+        shard, shards = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must be I/N (shard I of N, from 0), got {text!r}") from None
+    if not 0 <= shard < shards:
+        raise ConfigError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return shard, shards
 
 
 def _run_dir(spec: dict) -> Path:
@@ -77,7 +88,7 @@ def cmd_certify(args) -> None:
     run_dir = _run_dir(spec)
     checkpoint = Path(args.checkpoint) if args.checkpoint else run_dir / "model.pt"
     out = Path(args.out) if args.out else run_dir / "certify" / f"{args.certifier}.tsv"
-    shard, shards = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
+    shard, shards = _shard(args.shard) if args.shard else (0, 1)
     path = certify_run(
         checkpoint,
         spec,
@@ -197,6 +208,14 @@ def cmd_bench_train(args) -> None:
     print(format_rows(bench_train(specs, args.dataset or specs[0]["dataset"], args.steps, args.warmup, args.device)))
 
 
+def cmd_doctor(args) -> None:
+    from .bench.doctor import doctor
+
+    _setup_threads(args)
+    if not doctor(device=args.device, quick=args.quick, out=args.out, only=args.only).ok:
+        raise SystemExit(1)  # a check failed: the report above names the setting that turns its path off
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m methods", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -300,15 +319,36 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--full", action="store_true", help="paper-sized workloads (meant for a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="bench", help="directory for bench.csv and bench.md")
-    p.add_argument("--only", nargs="+", choices=["certify", "train", "linf", "adaptive"], help="a subset of the parts")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=["certify", "train", "linf", "adaptive", "precision"],
+        help="a subset of the parts (precision: fp32 vs bf16 training and certification; in --full, else opt-in)",
+    )
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser(
+        "doctor",
+        help="self-check of this machine's device: versions, bf16/TF32, free memory, and each fast path against the "
+        "plain one (run it first on a new GPU; exits non-zero on a failure)",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--quick", action="store_true", help="smaller checks (CI runs --device cpu --quick)")
+    p.add_argument("--out", help="also write the report as JSON")
+    p.add_argument("--only", nargs="+", help="only the checks whose name contains one of these words")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_doctor)
+
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or METHODS_DEBUG=1)")
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DatasetNotFound, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, DatasetNotFound, FileNotFoundError, InputError, LockError) as exc:
+        # expected failures: one line naming what to fix; the traceback with --debug or METHODS_DEBUG=1
+        if args.debug or os.environ.get("METHODS_DEBUG") == "1":
+            raise
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
     return 0
 

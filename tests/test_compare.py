@@ -40,7 +40,14 @@ def test_t_interval_by_hand():
 
 def _frame(radii, correct):
     return pd.DataFrame(
-        {"idx": range(len(radii)), "label": 0, "predict": 0, "radius": radii, "correct": correct, "time": 0.1}
+        {
+            "idx": range(len(radii)),
+            "label": 0,
+            "predict": [0 if c else -1 for c in correct],
+            "radius": radii,
+            "correct": correct,
+            "time": 0.1,
+        }  # fmt: skip
     )
 
 
@@ -83,7 +90,8 @@ def _results(
     for seed, (radii, correct) in enumerate(seeds):
         d = root / dataset / run / f"seed{seed}" / "certify"
         d.mkdir(parents=True, exist_ok=True)
-        _frame(radii, correct).to_csv(d / f"{certifier}.tsv", sep="\t", index=False)
+        frame = _frame(radii, correct).assign(idx=[start + k * skip for k in range(len(radii))])
+        frame.to_csv(d / f"{certifier}.tsv", sep="\t", index=False)
         (d.parent / "train_log.tsv").write_text(
             f"epoch\ttrain_seconds\tloss\taccuracy\tdtype\n1\t1.0\t0.5\t0.9\t{train_dtype}\n"
         )

@@ -54,7 +54,7 @@ def _fake_results(
                 {
                     "idx": range(len(radii)),
                     "label": 0,
-                    "predict": 0,
+                    "predict": [0 if r > 0 else -1 for r in radii],
                     "radius": radii,
                     "correct": [int(r > 0) for r in radii],
                     "time": 0.5,
@@ -236,7 +236,14 @@ def test_best_and_last_checkpoints_are_told_apart_and_the_best_is_marked_test_se
     best_dir = last.parent.parent / "certify-best"
     best_dir.mkdir()
     pd.DataFrame(
-        {"idx": [0, 1, 2], "label": 0, "predict": 0, "radius": [0.2, 0.2, 0.0], "correct": [1, 1, 0], "time": 0.5}
+        {
+            "idx": [0, 1, 2],
+            "label": 0,
+            "predict": [0, 0, -1],
+            "radius": [0.2, 0.2, 0.0],
+            "correct": [1, 1, 0],
+            "time": 0.5,
+        }
     ).to_csv(best_dir / "pgd20.tsv", sep="\t", index=False)
     meta = json.loads(last.with_suffix(".json").read_text())
     meta["model_info"].update(checkpoint="best", best_epoch=7, selected_by="PGD-20 accuracy on test images 0-2559")
@@ -259,8 +266,8 @@ def _linf_results(root: Path, run: str, certifier: str, radii: list[float], corr
                   grid: list[float] | None) -> Path:  # fmt: skip
     d = root / "digits" / run / "seed0" / "certify"
     d.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame({"idx": range(len(radii)), "label": 0, "predict": 0, "radius": radii, "correct": correct,
-                          "time": 0.1})  # fmt: skip
+    frame = pd.DataFrame({"idx": range(len(radii)), "label": 0, "predict": [0 if c else -1 for c in correct],
+                          "radius": radii, "correct": correct, "time": 0.1})  # fmt: skip
     frame.to_csv(d / f"{certifier}.tsv", sep="\t", index=False)
     meta = {"certifier": certifier, "norm": "linf", "kind": kind, "sigma": None, "eps_grid": grid,
             "max_radius": max(grid) if grid else None,

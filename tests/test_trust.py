@@ -220,3 +220,112 @@ def test_the_state_module_falls_back_to_the_previous_state_and_then_to_nothing(t
     shutil.copy(path.with_name("checkpoint.prev.pt"), path.with_name("checkpoint.prev.pt.bak"))
     path.with_name("checkpoint.prev.pt").write_bytes(b"garbage too")
     assert resume_state.load(path, "cpu", log=lambda *a, **k: None) is None
+
+
+@pytest.mark.parametrize(
+    "run, extra, words",
+    [
+        ({"method": "cohen", "hparams": {"sigma": float("inf")}}, {}, "runs.x.hparams.sigma: must be a finite number"),
+        ({"method": "cohen"}, {"train": {"lr": float("nan")}}, "train.lr: must be a finite number, got nan"),
+        ({"method": "macer", "hparams": {"k": 16.5}}, {}, "runs.x.hparams.k: must be int, got 16.5"),
+        ({"method": "macer", "hparams": {"k": True}}, {}, "runs.x.hparams.k: must be int, got True"),
+        ({"method": "cohen"}, {"certify": {"start": 500}}, "runs.x.certify.start: 500 is past the end of the digits"),
+        ({"method": "cohen"}, {"certify": {"start": 400, "skip": 5, "count": 30}},
+         "runs.x.certify.count: 30 images from start 400 every 5 reach index 545, past the digits test set"),
+        ({"method": "linf_dist"}, {"certify": {"certifiers": ["cohen"]}},
+         "runs.x.certify.certifiers.0: cohen evaluates l2-smoothing models; linf_dist is linf-certified"),
+    ],
+)  # fmt: skip
+def test_bad_configs_fail_before_any_job_naming_the_field(run, extra, words):
+    with pytest.raises(mc.ConfigError) as err:
+        mc.validate({"dataset": "digits", **extra, "runs": {"x": run}})
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def _cli(*args, cwd=None):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "methods", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+def test_expected_failures_are_one_line_with_the_traceback_behind_debug(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("runs:\n  x: {method: cohen\n")
+    out = _cli("train", "--configfile", str(bad_yaml), "--run", "x", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.startswith(f"error: config file {bad_yaml}: not valid YAML at line")
+    assert len(out.stderr.strip().splitlines()) == 1
+    out = _cli("certify", "--run", "cohen-0.25", "--shard", "3/2", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == "error: --shard I/N needs 0 <= I < N, got '3/2'"
+    out = _cli("certify", "--run", "cohen-0.25", "--certifier", "nope", cwd=tmp_path)
+    assert out.returncode == 2 and "error: unknown certifier 'nope'" in out.stderr and "Traceback" not in out.stderr
+    out = _cli("--debug", "certify", "--run", "cohen-0.25", "--certifier", "nope", cwd=tmp_path)
+    assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def _copy_run(trained, tmp_path):
+    """results/digits/cohen-0.25/seed0 with the run's files and one fresh certification."""
+    out, spec = trained
+    run_dir = tmp_path / "results" / "digits" / "cohen-0.25" / "seed0"
+    shutil.copytree(out, run_dir, ignore=shutil.ignore_patterns("state", "*.lock"))
+    tsv = certify_run(run_dir / "model.pt", spec, run_dir / "certify" / "cohen.tsv", device="cpu", progress=False)
+    return run_dir, tsv
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda lines: lines[:2] + [lines[1]] + lines[3:], "this index appears twice"),
+        (lambda lines: lines[:-1], "its indices are not the sidecar's subset"),
+        (lambda lines: [lines[0]] + [lines[1].replace("\t", "\tx", 1)] + lines[2:], "column label: not a number"),
+        (lambda lines: [lines[0], "\t".join(["0", "3", "3", "-0.5", *lines[1].split("\t")[4:]])] + lines[2:],
+         "negative radius"),
+        (lambda lines: [lines[0], "\t".join(["0", "3", "3", "99.0", *lines[1].split("\t")[4:]])] + lines[2:],
+         "above the certifier's largest possible"),
+        (lambda lines: [lines[0], "\t".join(["0", "3", "4", "0.0", "1", *lines[1].split("\t")[5:]])] + lines[2:],
+         "`correct` disagrees with predict == label"),
+    ],
+)  # fmt: skip
+def test_summarize_refuses_a_tsv_that_contradicts_itself(trained, tmp_path, edit, words):
+    from methods.report.summary import summarize
+
+    _, tsv = _copy_run(trained, tmp_path)
+    lines = tsv.read_text().splitlines()
+    tsv.write_text("\n".join(edit(lines)) + "\n")
+    with pytest.raises(InputError, match=words) as err:
+        summarize([tsv], [0.0], tmp_path / "summary.csv")
+    assert str(tsv) in str(err.value)
+
+
+def test_summarize_refuses_a_tsv_of_an_earlier_model(trained, tmp_path):
+    """Retrained after certifying: run.json's model.pt is another file than the one the TSV certified."""
+    from methods.report.summary import summarize
+
+    run_dir, tsv = _copy_run(trained, tmp_path)
+    summarize([tsv], [0.0], tmp_path / "ok.csv")  # as certified: fine
+    run = json.loads((run_dir / "run.json").read_text())
+    run["models"]["model.pt"] = "0" * 64
+    (run_dir / "run.json").write_text(json.dumps(run))
+    with pytest.raises(InputError, match="certified an earlier model.pt"):
+        summarize([tsv], [0.0], tmp_path / "summary.csv")
+    run["spec"]["hparams"] = {**run["spec"]["hparams"], "sigma": 0.5}
+    run.pop("models")
+    (run_dir / "run.json").write_text(json.dumps(run))
+    with pytest.raises(InputError, match="other hyper-parameters than run.json's"):
+        summarize([tsv], [0.0], tmp_path / "summary.csv")
+
+
+def test_a_collapsed_run_is_flagged_in_the_summary_tables_and_figure_labels(trained, tmp_path):
+    from methods.report.labels import run_labels
+    from methods.report.summary import summarize
+
+    _, tsv = _copy_run(trained, tmp_path)
+    meta = json.loads(tsv.with_suffix(".json").read_text())
+    meta["model_info"]["health"] = "collapsed: training accuracy at chance in epochs 3-30, to the end"
+    tsv.with_suffix(".json").write_text(json.dumps(meta))
+    summary = summarize([tsv], [0.0], tmp_path / "summary.csv")
+    assert summary["train_health"].iloc[0].startswith("collapsed")
+    label = run_labels(summary).iloc[0]
+    assert label.startswith("cohen-0.25 (collapsed)")

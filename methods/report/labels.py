@@ -23,6 +23,8 @@ def run_labels(summary: pd.DataFrame) -> pd.Series:
     checkpoint = checkpoints(summary)
     both = checkpoint.groupby(summary["run"]).transform("nunique") > 1
     label = label.where(~both, label + " [" + checkpoint + "]")
+    health = summary.get("train_health", pd.Series("", index=summary.index)).astype(object).fillna("").astype(str)
+    label = label.where(~health.str.startswith("collapsed"), label + " (collapsed)")  # in every table and legend
     marks, _ = footnotes(summary)
     return label + marks
 
@@ -43,6 +45,9 @@ def caveats(row) -> list[str]:
             f"{row['run']} [best]: the epoch with the highest {selected_by} (selected on test images, as the "
             f"paper's code does; see best_epoch in summary.csv)"
         )
+    health = row.get("train_health", "")
+    if isinstance(health, str) and health.startswith("collapsed"):
+        out.append(f"{row['run']}: did not train ({health}): its certificates are a constant classifier's")
     precision = [f"{stage} in {dtype}" for stage, dtype in (("trained", row.get("train_dtype")),
                                                              ("certified", row.get("certify_dtype")))
                  if isinstance(dtype, str) and "bfloat16" in dtype]  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..certify.registry import CERTIFIERS
-from ..core.tsv import read_tsv
+from ..core.errors import InputError
 from ..registry import get_method
 
 TSV_PATH = re.compile(
@@ -61,6 +61,85 @@ def _train_log_stats(run_dir: Path) -> dict:
     }
 
 
+NUMERIC = ("idx", "label", "predict", "radius", "correct", "time")
+
+
+def read_checked(tsv: Path) -> tuple[pd.DataFrame, dict]:
+    """A per-example TSV and its sidecar, refused (InputError naming the file and the row) where the rows contradict
+    themselves or the sidecar: a cell that is not a number, an index twice or missing from the sidecar's subset, a
+    negative radius or one above the certifier's largest, `correct` not `predict == label`."""
+    sidecar = tsv.with_suffix(".json")
+    if not sidecar.exists():
+        raise InputError(f"{tsv}: its sidecar {sidecar.name} is missing (copy it with the TSV, or re-certify)")
+    try:
+        meta = json.loads(sidecar.read_text())
+        frame = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise InputError(f"{tsv if 'frame' not in locals() else sidecar}: unreadable ({exc})") from None
+    if tuple(frame.columns[: len(NUMERIC)]) != NUMERIC:
+        raise InputError(f"{tsv}: expected the columns {' '.join(NUMERIC)} first, found {' '.join(frame.columns)}")
+    for column in NUMERIC:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna()
+        if bad.any():
+            row = int(bad.idxmax())
+            raise InputError(f"{tsv}: data row {row + 1}, column {column}: not a number: {frame[column][row]!r}")
+        frame[column] = values
+    for column in [c for c in frame.columns if c not in NUMERIC]:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        frame[column] = numbers if numbers.notna().all() and len(frame) else frame[column].replace("", float("nan"))
+
+    def fail(row: int, why: str):
+        raise InputError(f"{tsv}: data row {row + 1} (idx {int(frame['idx'][row])}): {why}")
+
+    duplicated = frame["idx"].duplicated()
+    if duplicated.any():
+        fail(int(duplicated.idxmax()), "this index appears twice")
+    sub = meta.get("subset", {})
+    if {"start", "skip", "examples"} <= set(sub):
+        expected = [sub["start"] + k * sub["skip"] for k in range(sub["examples"])]
+        if sorted(frame["idx"].astype(int)) != expected:
+            missing = sorted(set(expected) - set(frame["idx"].astype(int)))
+            extra = sorted(set(frame["idx"].astype(int)) - set(expected))
+            raise InputError(f"{tsv}: its indices are not the sidecar's subset (start {sub['start']}, skip "
+                             f"{sub['skip']}, {sub['examples']} images): missing {missing[:5]}, unexpected "
+                             f"{extra[:5]}")  # fmt: skip
+    negative = frame["radius"] < 0
+    if negative.any():
+        fail(int(negative.idxmax()), f"negative radius {frame['radius'][negative.idxmax()]}")
+    cliff = meta.get("max_radius")
+    if cliff is not None:
+        above = frame["radius"] > float(cliff) + 1e-9
+        if above.any():
+            fail(int(above.idxmax()), f"radius {frame['radius'][above.idxmax()]} above the certifier's largest "
+                                      f"possible ({cliff})")  # fmt: skip
+    wrong = frame["correct"] != (frame["predict"] == frame["label"]).astype(int)
+    if wrong.any():
+        fail(int(wrong.idxmax()), "`correct` disagrees with predict == label")
+    return frame, meta
+
+
+def check_provenance(tsv: Path, meta: dict, run_dir: Path) -> None:
+    """The TSV certified the run's current model: the sidecar's model sha256 is run.json's for that file, and the
+    model was trained for this run (method, run name, hyper-parameters). A TSV left over from an older model, or a
+    model copied in from another run, is refused rather than summarized as this run's."""
+    run_json = run_dir / "run.json"
+    if not run_json.exists():  # results copied without their run.json: nothing to check against
+        return
+    run = json.loads(run_json.read_text())
+    spec, info = run.get("spec", {}), meta.get("model_info", {})
+    for key in ("method", "run"):
+        if key in spec and key in info and spec[key] != info[key]:
+            raise InputError(f"{tsv}: certified a model of {key} {info[key]!r}, but run.json says {spec[key]!r}")
+    if "hparams" in spec and "hparams" in info and spec["hparams"] != info["hparams"]:
+        raise InputError(f"{tsv}: certified a model with other hyper-parameters than run.json's: re-certify")
+    models, sha = run.get("models", {}), meta.get("model_sha256")
+    name = Path(meta.get("model", "")).name
+    if sha and name in models and models[name] != sha:
+        raise InputError(f"{tsv}: certified an earlier {name} (sha256 {sha[:12]}…) than the run's current one "
+                         f"({models[name][:12]}…): re-certify")  # fmt: skip
+
+
 def summarize(
     tsv_files: list[str | Path],
     radii: list[float],
@@ -86,10 +165,10 @@ def summarize(
         match = TSV_PATH.search(tsv.as_posix())
         if not match:
             raise ValueError(f"{tsv}: not a results/<dataset>/<run>/seed<s>/certify[-best]/<certifier>.tsv path")
-        frame = read_tsv(tsv)
-        meta = json.loads(tsv.with_suffix(".json").read_text())
+        frame, meta = read_checked(tsv)
         info = meta["model_info"]
         run_dir = tsv.parent.parent
+        check_provenance(tsv, meta, run_dir)
         row = {
             "dataset": match["dataset"],
             "run": match["run"],
@@ -130,6 +209,7 @@ def summarize(
                 "note": notes.get(match["run"], ""),
                 "best_epoch": info.get("best_epoch"),
                 "selected_by": info.get("selected_by", ""),
+                "train_health": info.get("health", ""),  # "collapsed: ..." where training never left chance
                 "published": json.dumps(published[match["run"]]) if published.get(match["run"]) else "",
             }
         )

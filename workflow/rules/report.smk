@@ -247,8 +247,9 @@ rule compare:
 
 
 rule figures:
-    """`snakemake figures`: every summary, figure and table again from the results/ tree as it is (copied from a
-    cluster, say). No inputs and no outputs, so it never trains or certifies: it reads what is there."""
+    """`snakemake figures --nolock`: every summary, figure and table again from the results/ tree as it is (copied
+    from a cluster, say). No inputs and no outputs, so it never trains or certifies: it reads what is there. Run it
+    with --nolock: Snakemake's exit removes .snakemake/locks whole, a running DAG's locks included."""
     params:
         radii=" ".join(str(r) for r in config["report"]["radii"]),
         linf_radii=" ".join(str(r) for r in config["report"]["linf_radii"]),
