@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from ..core.errors import one_line
+
 #: A sampling plan: yields sample counts wanted, is sent each request's per-class counts (CPU int64), returns.
 Plan = Generator[int, torch.Tensor, Any]
 
@@ -175,6 +177,16 @@ def _free_memory_batch(
     return max(probe, min(1 << 17, int(0.5 * free // per_sample)))
 
 
+def _cudagraph_skips() -> int:
+    """How many graphs inductor has compiled without CUDA graphs so far (it logs why); 0 where torch lacks the
+    counter."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - a torch without dynamo's counters
+        return 0
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
 class FastSampler:
     """Packs the sample blocks of many images into fixed-shape forward passes; see the module docstring."""
 
@@ -196,7 +208,9 @@ class FastSampler:
         model = model.eval()
         if self.layout == torch.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.compiled = False
+        self.compiled = False  # compiled code ran (compile asked for and no fallback taken)
+        self.cuda_graphs = False  # ... and inductor kept its CUDA graphs (it skips them for some graphs, and logs why)
+        self.fallback: str | None = None  # why the sampler runs eagerly although compile was asked for
         self._forward, eager = self._build_forward(model)
         max_batch = settings.max_batch or _free_memory_batch(self.shape, device, eager)  # eager: no extra compile
         # A round holds up to `capacity` samples (slots × batch_size, whole passes of `chunk`, a static shape). Up to
@@ -208,7 +222,12 @@ class FastSampler:
         self.capacity = math.ceil(self.slots * batch_size / self.chunk) * self.chunk
 
     def _build_forward(self, model: torch.nn.Module):
-        """(the forward pass the sampler runs — compiled where asked —, its eager version)."""
+        """(the forward pass the sampler runs — compiled where asked —, its eager version).
+
+        A compilation failure, when torch.compile is called or at the first compiled pass (no compiler toolchain,
+        an unsupported op, a CUDA-graph capture error), falls back to the eager pass with one warning and is
+        recorded (`describe()`: compiled, cuda_graphs, fallback): eager computes the same classifier. Running out
+        of memory is not a compilation failure and is raised as it is."""
         dtype, device = self.settings.dtype, self.device
 
         def predict(x: torch.Tensor) -> torch.Tensor:
@@ -217,31 +236,67 @@ class FastSampler:
 
         if not self.settings.compile:
             return predict, predict
-        if device.type == "cuda":  # CUDA graphs: one launch per pass
-            compiled = torch.compile(predict, dynamic=False, mode="reduce-overhead")
-        else:  # freezing folds BatchNorm into the convolutions and prepacks the weights (the model never changes)
-            compiled = torch.compile(predict, dynamic=False, options={"freezing": True})
+        graphs = device.type == "cuda"
+        try:
+            if graphs:  # CUDA graphs: one launch per pass
+                compiled = torch.compile(predict, dynamic=False, mode="reduce-overhead")
+            else:  # freezing folds BatchNorm into the convolutions and prepacks the weights (the model never changes)
+                compiled = torch.compile(predict, dynamic=False, options={"freezing": True})
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            self._fall_back(exc)
+            return predict, predict
 
         def guarded(x: torch.Tensor) -> torch.Tensor:
             nonlocal compiled
             if compiled is not predict:
+                skips = _cudagraph_skips()
                 try:
                     out = compiled(x)
-                    self.compiled = True
-                    return out
-                except Exception as exc:  # no compiler toolchain, an unsupported op: eager is still correct
-                    warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); running eagerly", stacklevel=2)
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as exc:
+                    self._fall_back(exc)
                     compiled = predict
-                    self.compiled = False
+                else:
+                    if not self.compiled:  # the first compiled pass: did inductor keep its CUDA graphs?
+                        self.compiled = True
+                        self.cuda_graphs = graphs and _cudagraph_skips() == skips
+                    return out
             return predict(x)
 
         return guarded, predict
 
+    def _fall_back(self, exc: Exception) -> None:
+        """Eager from now on: one warning, and the reason kept for the outputs."""
+        self.compiled = self.cuda_graphs = False
+        self.fallback = f"torch.compile failed ({one_line(exc)}); running eagerly"
+        warnings.warn(
+            f"{self.fallback} (recorded in the certify sidecar's `fallback`; `certify.compile: false` skips compiling)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The fast path's predictions for one forward pass of noisy samples x (forward_batch, *sample_shape), in the
+        sampler's layout, dtype and compilation: what `python -m methods doctor` compares with the plain path
+        sample by sample."""
+        with torch.inference_mode():
+            x = x.to(self.device).contiguous(memory_format=self.layout)
+            return self._forward(x).clone()
+
     def describe(self) -> dict:
+        """What the certify sidecar records of the path. `compile` (kept for older readers) equals `compiled`: the
+        compiled code ran; `compile_requested` is the setting."""
         return {
             "path": "fast",
             **self.settings.describe(),
             "compile": self.compiled,
+            "compile_requested": self.settings.compile,
+            "compiled": self.compiled,
+            "cuda_graphs": self.cuda_graphs,
+            "fallback": self.fallback,
             "forward_batch": self.chunk,
             "images_per_round": self.slots,
             "images_in_flight": self.in_flight,
