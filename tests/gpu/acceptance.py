@@ -97,11 +97,13 @@ def _append_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def certify(out: Path, budget: float, reference_seconds: float = 10.0) -> dict:
+def certify(out: Path, budget: float, dtype: str = "float32", reference_seconds: float = 10.0) -> dict:
     """ResNet-110 at CIFAR-10 shape, σ = 0.25: Cohen's loop (the reference procedure: fp32, one image, 400 draws a
-    batch, host tally) for `reference_seconds`, then the fast path (certify.dtype auto, compiled, CUDA graphs) on the
-    500-image protocol at n0 + n = 100 + 100,000, in slices of 50 images while `budget` seconds allow; the 500-image
-    time is measured if it fits, else scaled from the slices. Random weights and images: speed only."""
+    batch, host tally) for `reference_seconds`, then the fast path as the paper configs run it (certify.dtype
+    `dtype`, default float32; compiled, CUDA graphs) on the 500-image protocol at n0 + n = 100 + 100,000, in slices
+    of 50 images while `budget` seconds allow; the 500-image time is measured if it fits, else scaled from the
+    slices. TF32 off on both (certify.tf32's default: the papers' fp32; this step is a process of its own).
+    Random weights and images: speed only."""
     import torch
 
     from methods.bench.benchmark import N_PROTOCOL, REFERENCE_BATCH, flops_per_sample, reference_certify_step
@@ -113,6 +115,7 @@ def certify(out: Path, budget: float, reference_seconds: float = 10.0) -> dict:
     from methods.report.published import load as load_published
 
     dev = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     meta = data.info("cifar10")
     torch.manual_seed(0)
     model = models.build("cifar_resnet110", "cifar10").to(dev).eval()
@@ -140,12 +143,12 @@ def certify(out: Path, budget: float, reference_seconds: float = 10.0) -> dict:
         "protocol_hours": PROTOCOL_IMAGES * N_PROTOCOL / rate / 3600,
         "batch": REFERENCE_BATCH,
         "dtype": "float32",
-        "tf32_conv": torch.backends.cudnn.allow_tf32,  # torch's default: what Cohen's code gets on this GPU today
+        "tf32_conv": torch.backends.cudnn.allow_tf32,
     }
     _write_json(path, result)
 
     t0 = time.perf_counter()
-    settings = FastSettings(resolve_dtype("auto", dev), compile=True)
+    settings = FastSettings(resolve_dtype(dtype, dev), compile=True)
     sampler = FastSampler(model, meta.num_classes, 0.25, 1000, meta.shape, dev, settings)
     list(sampler.run([(0, x, None, certify_plan(100, 2000, 0.25, 0.001))]))  # compiles the static shape
     synchronize(dev)
@@ -307,7 +310,7 @@ def report(out: Path) -> Path:
         cert = json.loads(cert_file.read_text())
         ref, fast = cert.get("reference", {}), cert.get("fast")
         lines.append(
-            f"reference (Cohen's loop, fp32, batch 400, TF32 conv {ref.get('tf32_conv')}): "
+            f"reference (Cohen's loop, fp32, batch 400, TF32 {ref.get('tf32_conv')}): "
             f"{_num(ref.get('samples_per_sec'), ',.0f')} samples/s = {_num(ref.get('sec_per_image'), '.2f')} s/image = "
             f"{_num(ref.get('protocol_hours'), '.2f')} h for the protocol; the paper: "
             f"{_num(cert.get('paper_sec_per_image'))} s/image ({cert.get('paper_source')})"
@@ -364,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("out", type=Path)
         if name == "certify":
             p.add_argument("--budget", type=float, default=60.0, help="seconds of protocol slices after the compile")
+            p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"], help="certify.dtype")
         if name == "train":
             p.add_argument("--steps", type=int, default=3)
             p.add_argument("--compile", action="store_true", help="compile the fast path (minutes per method)")
@@ -377,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args.out.mkdir(parents=True, exist_ok=True)
         if args.step == "certify":
-            certify(args.out, args.budget)
+            certify(args.out, args.budget, args.dtype)
         elif args.step == "train":
             train(args.out, args.steps, args.compile)
         elif args.step == "linf":

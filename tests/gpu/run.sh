@@ -15,8 +15,9 @@
 #   1. doctor    python -m methods doctor --device cuda --quick (versions, bf16/TF32, free memory; fast vs plain
 #                certification in fp32 and bf16, compile + CUDA graphs, each method's training step, Triton, DDP)
 #   2. tests     the CUDA tests (pytest -k cuda: the compiled Triton kernels against the chunked path, CUDA vs CPU)
-#   3. certify   ResNet-110 CERTIFY at n0 + n = 100,100: Cohen's reference loop's rate, then the fast path on the
-#                500-image protocol (measured whole if it fits, else 50-image slices, scaled)
+#   3. certify   ResNet-110 CERTIFY at n0 + n = 100,100, fp32 with TF32 off as the configs run it: Cohen's
+#                reference loop's rate, then the fast path (compiled, CUDA graphs) on the 500-image protocol
+#                (measured whole if it fits, else 50-image slices, scaled)
 #   4. train     each method's step with its paper model and batch at CIFAR-10 shape, reference vs fast (eager:
 #                compiling ResNet-110 per method does not fit; GPU_ACCEPTANCE_TRAIN_COMPILE=1 compiles), sec/epoch
 #                beside MACER's Table 3
@@ -25,7 +26,8 @@
 #   7. report    OUT_DIR/gpu_acceptance.md
 #
 # Knobs (environment): PYTHON (default python3), PIP_FLAGS (e.g. --break-system-packages), GPU_ACCEPTANCE_SKIP
-# (space-separated steps to leave out, e.g. "install dag"), GPU_ACCEPTANCE_TRAIN_COMPILE=1.
+# (space-separated steps to leave out, e.g. "install dag"), GPU_ACCEPTANCE_TRAIN_COMPILE=1,
+# GPU_ACCEPTANCE_CERTIFY_DTYPE=auto (the certify step on the bf16 option instead of fp32).
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -105,7 +107,7 @@ train_args=()
 step install 55 install_project
 step doctor 100 run_doctor
 step tests 45 cuda_tests
-step certify 130 "$PYTHON" "$ACCEPT" certify "$OUT" --budget 40
+step certify 130 "$PYTHON" "$ACCEPT" certify "$OUT" --budget 40 --dtype "${GPU_ACCEPTANCE_CERTIFY_DTYPE:-float32}"
 step train 70 "$PYTHON" "$ACCEPT" train "$OUT" --steps 2 ${train_args[@]+"${train_args[@]}"}
 step linf 30 "$PYTHON" "$ACCEPT" linf "$OUT"
 step dag 45 run_dag
