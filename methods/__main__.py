@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--what",
         nargs="+",
-        choices=["l2", "sigma", "sweep", "linf", "timing", "published"],
+        choices=["l2", "sigma", "sweep", "linf", "timing", "published", "claims", "cost"],
         default=["l2", "timing"],
         help="l2: certified_accuracy figure + tables; sigma: one figure per --sigma, every method, with "
         "the published points; sweep: one sigma-sweep figure per --method; linf: linf_accuracy "

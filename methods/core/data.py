@@ -36,6 +36,9 @@ DATASETS: dict[str, DatasetInfo] = {
     # digits: mean/std of the training split below, pixels scaled to [0, 1].
     "digits": DatasetInfo("digits", 10, (1, 8, 8), (0.3055,), (0.3765,), "small_cnn"),
     "mnist": DatasetInfo("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,), "small_cnn"),
+    # Fashion-MNIST (Xiao et al. 2017): 60,000 + 10,000 real 28×28 grey images of 10 clothing classes; the training
+    # split's mean and std.
+    "fashion_mnist": DatasetInfo("fashion_mnist", 10, (1, 28, 28), (0.2860,), (0.3530,), "lenet"),
     "cifar10": DatasetInfo("cifar10", 10, (3, 32, 32), _CIFAR_MEAN, _CIFAR_STD, "cifar_resnet110"),
     "imagenet": DatasetInfo("imagenet", 1000, (3, 224, 224), _IMAGENET_MEAN, _IMAGENET_STD, "resnet50"),
     "synthetic-cifar10": DatasetInfo("synthetic-cifar10", 10, (3, 32, 32), _CIFAR_MEAN, _CIFAR_STD, "cifar_resnet110"),
@@ -53,6 +56,7 @@ SYNTHETIC_SIZES = {"synthetic-cifar10": (5000, 500), "synthetic-imagenet": (512,
 TEST_SIZES = {
     "digits": DIGITS_TEST_SIZE,
     "mnist": 10_000,
+    "fashion_mnist": 10_000,
     "cifar10": 10_000,
     "imagenet": 50_000,
     **{name: sizes[1] for name, sizes in SYNTHETIC_SIZES.items()},
@@ -95,6 +99,8 @@ def load(
         data = _digits(split)
     elif name == "mnist":
         data = _mnist(root, split, download)
+    elif name == "fashion_mnist":
+        data = _fashion_mnist(root, split, download)
     elif name == "cifar10":
         data = _cifar10(root, split, download, augment is True)
     else:
@@ -137,6 +143,63 @@ def _mnist(root: Path, split: str, download: bool) -> Dataset:
     if missing and not download:
         raise _missing("mnist", raw, ", ".join(missing))
     return datasets.MNIST(str(root), train=split == "train", download=download, transform=transforms.ToTensor())
+
+
+#: Where Debian's `dataset-fashion-mnist` package puts the four IDX files (gzipped).
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}  # fmt: skip
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST family's format; `.gz` or plain): big-endian magic 0x00 0x00 0x08 <ndim>, the
+    dimensions as big-endian uint32, then unsigned bytes."""
+    import gzip
+
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes (magic {raw[:4].hex()})")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: {body.size} bytes of data for dimensions {dims} (truncated?)")
+    return body.reshape(dims)
+
+
+def _fashion_file(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _fashion_mnist(root: Path, split: str, download: bool) -> Dataset:
+    """Fashion-MNIST from its four IDX files (plain or .gz), found in the first folder that has them: data_root,
+    data_root/FashionMNIST/raw (torchvision's layout, which `download: true` fetches into), then Debian's
+    /usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist)."""
+    folders = [root, root / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
+    names = _FASHION_FILES[split]
+    found = next((f for f in folders if all(_fashion_file(f, n) for n in names)), None)
+    if found is None and download:
+        from torchvision import datasets
+
+        datasets.FashionMNIST(str(root), train=split == "train", download=True)
+        found = next((f for f in folders if all(_fashion_file(f, n) for n in names)), None)
+    if found is None:
+        raise DatasetNotFound(
+            f"fashion_mnist: {', '.join(names)} (or .gz) not found in {root}, {root / 'FashionMNIST' / 'raw'} or "
+            f"{DEBIAN_FASHION_MNIST} (set config key `data_root`, `apt-get install dataset-fashion-mnist`, or "
+            f"`download: true` to fetch it)"
+        )
+    try:
+        images, labels = (read_idx(_fashion_file(found, n)) for n in names)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DatasetNotFound(f"fashion_mnist: the files in {found} cannot be read ({exc})") from None
+    if len(images) != len(labels):
+        raise DatasetNotFound(f"fashion_mnist: {len(images)} images but {len(labels)} labels in {found}")
+    x = torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1)
+    return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
 
 
 class _Augmented(Dataset):

@@ -12,11 +12,14 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.paths import PUBLISHED_CSV
+from .claims import caption as claims_caption
+from .claims import claims_table
+from .cost import cost_robustness_table, plot_cost_robustness
 from .figures import plot_certified_accuracy, plot_per_sigma, plot_sigma_sweeps
 from .labels import of_norm
 from .published import load
 from .summary import TSV_PATH, summarize
-from .tables import write_tables
+from .tables import write_table, write_tables
 
 
 def _published(path: str | Path | None) -> pd.DataFrame:
@@ -40,7 +43,9 @@ def report(
     "sweep": one σ-sweep figure per method of `methods` (default all with two σ or more);
     "linf": linf_accuracy figure and table (`radius_max` is then the ℓ∞ axis limit);
     "timing": the timing table, beside the papers' own timings;
-    "published": the reproduced-vs-published table (report.compare).
+    "published": the reproduced-vs-published table (report.compare);
+    "claims": the papers' claims checked on these runs (report.claims);
+    "cost": robustness against training time, figure and table (report.cost).
     Published numbers come from `published_csv` (default workflow/resources/published.csv)."""
     summary = pd.read_csv(summary_csv)
     published = _published(published_csv)
@@ -61,6 +66,20 @@ def report(
             norm="linf",
             published=published,
         )
+    if "claims" in what:
+        table = claims_table(summary)
+        dataset = summary["dataset"].iloc[0] if len(summary) else ""
+        paths += write_table(tables_dir, "claims", summary.iloc[0:0], table, [], claims_caption(table, dataset), ".4g")
+    if "cost" in what:
+        table = cost_robustness_table(summary, published)
+        paths += plot_cost_robustness(table, Path(figures_dir) / "cost_robustness", title)
+        paths += write_table(tables_dir, "cost_robustness", summary[summary["run"].isin([])], table, [],
+                             "Robustness against training cost, per run (its last epoch; mean over seeds): ACR under "
+                             "CERTIFY for l2 smoothing, the certified accuracy at the run's eps for l-inf-dist nets, "
+                             "the accuracy under the run's standalone attack at its eps (an upper bound) for empirical "
+                             "l-inf methods; train_hours measured here on `device`, paper_total_hours the paper's own "
+                             "on its hardware where the run names one; hours_per_unit = train_hours / robustness.",
+                             ".4g")  # fmt: skip
     return paths + write_tables(summary, tables_dir, what, published)
 
 
@@ -97,7 +116,15 @@ def rebuild(
             )
         if "linf" in norms:
             paths += report(summary_csv, figures_dir, tables_dir, linf_radius_max, title, ("linf",), published_csv)
-        paths += report(summary_csv, figures_dir, tables_dir, radius_max, title, ("timing", "published"), published_csv)
+        paths += report(
+            summary_csv,
+            figures_dir,
+            tables_dir,
+            radius_max,
+            title,
+            ("timing", "published", "claims", "cost"),
+            published_csv,
+        )
     if not paths:
         raise FileNotFoundError(
             f"no results/<dataset>/<run>/seed<s>/certify/<certifier>.tsv files under {results_dir}: nothing to rebuild"

@@ -304,10 +304,18 @@ def write_tables(
         compared = comparison_table(summary, published)
         tables.append(("reproduced_vs_published", summary, compared, [], compare_caption(compared, dataset), ".4g"))
     for name, rows, table, bold, caption, floatfmt in tables:
-        _, notes = footnotes(rows)
-        paths = [tables_dir / f"{name}.{ext}" for ext in ("csv", "md", "tex")]
-        table.to_csv(paths[0], index=False)
-        paths[1].write_text(f"{caption}\n\n" + markdown(table, floatfmt) + "".join(f"\n{n}\n" for n in notes))
-        paths[2].write_text(_latex(table, bold, caption.replace("_", r"\_"), notes))
-        written += paths
+        written += write_table(tables_dir, name, rows, table, bold, caption, floatfmt)
     return written
+
+
+def write_table(tables_dir: Path, name: str, rows: pd.DataFrame, table: pd.DataFrame, bold: list[str], caption: str,
+                floatfmt: str) -> list[Path]:  # fmt: skip
+    """<name>.csv, .md (caption, table, the footnotes of `rows`, the summary rows the table labels) and .tex."""
+    tables_dir = Path(tables_dir)
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    _, notes = footnotes(rows)
+    paths = [tables_dir / f"{name}.{ext}" for ext in ("csv", "md", "tex")]
+    table.to_csv(paths[0], index=False)
+    paths[1].write_text(f"{caption}\n\n" + markdown(table, floatfmt) + "".join(f"\n{n}\n" for n in notes))
+    paths[2].write_text(_latex(table, bold, caption.replace("_", r"\_"), notes))
+    return paths

@@ -27,7 +27,7 @@ from . import distributed
 
 #: Datasets whose whole training split fits on a device as one tensor (CIFAR-10: 50,000 × 3 × 32 × 32 float32,
 #: 614 MB; MNIST 188 MB).
-RESIDENT = ("digits", "mnist", "cifar10", "synthetic-cifar10")
+RESIDENT = ("digits", "mnist", "fashion_mnist", "cifar10", "synthetic-cifar10")
 
 #: torchvision's padding modes → torch.nn.functional.pad's
 _PAD_MODES = {"constant": "constant", "edge": "replicate"}

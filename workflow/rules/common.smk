@@ -125,11 +125,14 @@ def paper_figures(dataset):
 
 
 def report_outputs(dataset):
-    """Figures and tables of one dataset: the l2 ones, the l-inf ones, whichever it has, the timing table and the
-    reproduced-vs-published table."""
+    """Figures and tables of one dataset: the l2 ones, the l-inf ones, whichever it has, the timing table, the
+    reproduced-vs-published table, the claims table and the cost of robustness."""
     out = [f"results/{dataset}/summary.csv"] + [
-        f"results/{dataset}/tables/{t}.{e}" for e in ("md", "tex", "csv") for t in ("timing", "reproduced_vs_published")
+        f"results/{dataset}/tables/{t}.{e}"
+        for e in ("md", "tex", "csv")
+        for t in ("timing", "reproduced_vs_published", "claims", "cost_robustness")
     ]
+    out += [f"figures/{dataset}/cost_robustness.{e}" for e in ("png", "pdf")]
     out += paper_figures(dataset)
     if "l2" in norms(dataset):
         out += [f"figures/{dataset}/certified_accuracy.{e}" for e in ("png", "pdf")]

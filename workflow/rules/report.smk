@@ -1,6 +1,7 @@
 import methods.core.paths as mc_paths
 
-PUBLISHED_CSV = str(mc_paths.PUBLISHED_CSV)  # the package's copy: the one the steps read
+PUBLISHED_CSV = str(mc_paths.PUBLISHED_CSV)
+CLAIMS_CSV = str(mc_paths.REPO_ROOT / "workflow" / "resources" / "claims.csv")  # the package's copy: the one the steps read
 
 
 rule summarize:
@@ -243,6 +244,64 @@ rule compare:
         "../envs/methods.yaml"
     shell:
         "python -m methods report --what published --summary {input.summary}"
+        " --figures-dir figures/{wildcards.dataset} --tables-dir results/{wildcards.dataset}/tables > {log} 2>&1"
+
+
+rule claims:
+    """The papers' claims checked on this dataset's runs: paired differences over the same test images with a
+    bootstrap interval, and the verdict it gives (methods/report/claims.py, workflow/resources/claims.csv)."""
+    input:
+        summary="results/{dataset}/summary.csv",
+        tsv=lambda wildcards: certify_outputs(wildcards.dataset),
+        claims=CLAIMS_CSV,
+    output:
+        multiext("results/{dataset}/tables/claims", ".md", ".tex"),
+        csv=report(
+            "results/{dataset}/tables/claims.csv",
+            caption="../report/claims.rst",
+            category="{dataset}",
+            subcategory="claims",
+        ),
+    log:
+        "logs/claims/{dataset}.log",
+    threads: res("report", "threads")
+    resources:
+        mem_mb=res("report", "mem_mb"),
+        runtime=res("report", "runtime"),
+    conda:
+        "../envs/methods.yaml"
+    shell:
+        "python -m methods report --what claims --summary {input.summary}"
+        " --figures-dir figures/{wildcards.dataset} --tables-dir results/{wildcards.dataset}/tables > {log} 2>&1"
+
+
+rule cost:
+    """Robustness against training cost, every method of the dataset at once (methods/report/cost.py)."""
+    input:
+        summary="results/{dataset}/summary.csv",
+        tsv=lambda wildcards: certify_outputs(wildcards.dataset),
+        logs=lambda wildcards: train_logs(wildcards.dataset),
+    output:
+        multiext("results/{dataset}/tables/cost_robustness", ".md", ".tex", ".csv"),
+        png=report(
+            "figures/{dataset}/cost_robustness.png",
+            caption="../report/cost_robustness.rst",
+            category="{dataset}",
+            subcategory="cost",
+        ),
+        pdf="figures/{dataset}/cost_robustness.pdf",
+    params:
+        title=config["report"]["title"],
+    log:
+        "logs/cost/{dataset}.log",
+    threads: res("report", "threads")
+    resources:
+        mem_mb=res("report", "mem_mb"),
+        runtime=res("report", "runtime"),
+    conda:
+        "../envs/methods.yaml"
+    shell:
+        "python -m methods report --what cost --summary {input.summary} --title {params.title:q}"
         " --figures-dir figures/{wildcards.dataset} --tables-dir results/{wildcards.dataset}/tables > {log} 2>&1"
 
 
