@@ -157,6 +157,14 @@ def cmd_rebuild(args) -> None:
         print(f"wrote {path}")
 
 
+def cmd_import_tsv(args) -> None:
+    from .report.imported import import_tsv
+
+    out = import_tsv(args.file, args.results, args.dataset, args.run, args.method, args.certifier, args.sigma, args.n,
+                     args.alpha, args.source, args.start, args.skip, args.count, args.compare_with or [])  # fmt: skip
+    print(f"wrote {out} and its sidecar (published: true)")
+
+
 def cmd_plan(args) -> None:
     import pandas as pd
 
@@ -292,6 +300,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--published", help="as summarize --published")
     p.add_argument("--published-csv", help="published numbers (default workflow/resources/published.csv)")
     p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser("import-tsv", help="a paper's own per-example file into results/, as a published reference")
+    p.add_argument("file")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", required=True, help="the method that trained the published model (cohen, salman, ...)")
+    p.add_argument("--certifier", default="cohen", help="the certifier that wrote it (default cohen: CERTIFY)")
+    p.add_argument("--sigma", type=float)
+    p.add_argument("--n", type=int, help="estimation draws of the published certification")
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--source", required=True, help="where the file comes from (repository and path)")
+    p.add_argument("--run", required=True, help="the name it gets under results/<dataset>/")
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--skip", type=int, default=1)
+    p.add_argument("--count", type=int, help="images the file should hold (a shorter file: said in its sidecar)")
+    p.add_argument("--compare-with", action="append", help="our run to compare with image by image (repeat)")
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_import_tsv)
 
     p = sub.add_parser("plan", help="expected GPU-hours of every train and certify job of a config, and the total")
     p.add_argument("--configfile", default=None, help="config (default: config/config.yaml)")

@@ -387,3 +387,83 @@ def test_a_papers_own_crop_pads_with_edge_values_and_keeps_the_shape():
     train = data.load("digits", "train", augment={"crop_padding": 1, "padding_mode": "edge", "flip": False})
     test = data.load("digits", "test", augment={"crop_padding": 1, "padding_mode": "edge", "flip": False})
     assert train[0][0].shape == (1, 8, 8) and torch.equal(test[0][0], data.load("digits", "test")[0][0])
+
+
+# --- Fashion-MNIST: Debian's files, torchvision's layout, files written here ----------------------------------------
+
+
+def _write_idx(path, array, gz: bool):
+    import gzip
+
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as fh:
+            fh.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+@pytest.mark.parametrize("layout, gz", [("root", True), ("torchvision", False)])
+def test_fashion_mnist_reads_idx_files_in_either_layout(tmp_path, monkeypatch, layout, gz):
+    import numpy as np
+
+    from methods.core import data
+
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    folder = tmp_path if layout == "root" else tmp_path / "FashionMNIST" / "raw"
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (5, 28, 28)), np.array([0, 9, 3, 3, 1])
+    for prefix in ("train", "t10k"):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte", images, gz)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, gz)
+    test = data.load("fashion_mnist", "test", tmp_path)
+    assert len(test) == 5 and test[1][1] == 9
+    assert torch.equal(test[0][0], torch.tensor(images[0], dtype=torch.float32).div(255).unsqueeze(0))
+
+
+def test_fashion_mnist_missing_names_every_place_it_looked(tmp_path, monkeypatch):
+    from methods.core import data
+
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    with pytest.raises(DatasetNotFound) as err:
+        data.load("fashion_mnist", "train", tmp_path / "root")
+    message = str(err.value)
+    assert str(tmp_path / "root") in message and str(tmp_path / "debian") in message
+    assert "apt-get install dataset-fashion-mnist" in message
+
+
+def test_fashion_mnist_truncated_file_is_a_clear_error(tmp_path, monkeypatch):
+    import numpy as np
+
+    from methods.core import data
+
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "none")
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((4, 28, 28)), gz=False)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(4), gz=False)
+    blob = (tmp_path / "t10k-images-idx3-ubyte").read_bytes()
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(blob[:-100])
+    with pytest.raises(DatasetNotFound, match="truncated"):
+        data.load("fashion_mnist", "test", tmp_path)
+
+
+DEBIAN_MISSING = "Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)"
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(), reason=DEBIAN_MISSING)
+def test_fashion_mnist_from_the_debian_package():
+    """The real files: 60,000 + 10,000 images, ten balanced classes, the training split's mean and std."""
+    from methods.core import data
+
+    train, test = data.load("fashion_mnist", "train", "no-such-root"), data.load("fashion_mnist", "test", "x")
+    assert (len(train), len(test)) == (60_000, 10_000)
+    images, labels = train.tensors
+    assert torch.bincount(labels).tolist() == [6000] * 10
+    assert images.shape[1:] == (1, 28, 28) and 0 <= images.min() and images.max() <= 1
+    assert (images.mean().item(), images.std().item()) == pytest.approx(
+        (data.info("fashion_mnist").mean[0], data.info("fashion_mnist").std[0]), abs=1e-3
+    )

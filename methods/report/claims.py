@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..core.paths import REPO_ROOT
 from ..core.tsv import read_tsv
+from .labels import ours
 
 CLAIMS_CSV = REPO_ROOT / "workflow" / "resources" / "claims.csv"
 KINDS = ("greater", "non_inferior", "ratio")
@@ -47,7 +48,8 @@ def load(path: str | Path = CLAIMS_CSV) -> pd.DataFrame:
 def _side(summary: pd.DataFrame, method: str, certifier: str, sigma: str) -> pd.DataFrame:
     """The summary rows of one side: method (with ":v1"/":v2" for the ℓ∞-dist loss), certifier, σ; last epoch."""
     name, _, variant = method.partition(":")
-    rows = summary[(summary["method"] == name) & (summary.get("checkpoint", "last") == "last")]
+    rows = ours(summary)
+    rows = rows[(rows["method"] == name) & (rows.get("checkpoint", "last") == "last")]
     if certifier:
         rows = rows[rows["certifier"] == certifier]
     if sigma:

@@ -21,7 +21,7 @@ import pandas as pd
 from ..core.tsv import read_tsv
 from .compare import published_refs
 from .figures import method_color
-from .labels import checkpoints, run_labels
+from .labels import checkpoints, ours, run_labels
 from .published import select
 from .tables import robust_accuracy
 
@@ -49,6 +49,7 @@ def _paper_hours(summary: pd.DataFrame, published: pd.DataFrame | None, run: str
 
 def cost_robustness_table(summary: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
     """See the module docstring; mean over seeds."""
+    summary = ours(summary)
     last = summary[checkpoints(summary) == "last"].assign(model=run_labels(summary[checkpoints(summary) == "last"]))
     last = last.assign(robust=robust_accuracy(last))
     rows = []

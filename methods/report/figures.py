@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..core.tsv import read_tsv
 from .compare import published_refs
-from .labels import run_labels
+from .labels import is_published, ours, run_labels
 from .published import select
 
 #: One hue per method, the same in every figure.
@@ -73,9 +73,11 @@ def l2_figure_stems(sigmas, sweep_methods) -> list[str]:
     ]
 
 
-def _cohen_rows(summary: pd.DataFrame) -> pd.DataFrame:
+def _cohen_rows(summary: pd.DataFrame, origin: str = "ours") -> pd.DataFrame:
+    """CERTIFY rows with a σ: our runs (default) or the papers' imported per-example files (origin "published")."""
     norm = summary.get("norm", pd.Series("l2", index=summary.index))
-    return summary[(norm == "l2") & (summary["certifier"] == "cohen") & summary["sigma"].notna()]
+    rows = summary[(norm == "l2") & (summary["certifier"] == "cohen") & summary["sigma"].notna()]
+    return rows[is_published(rows)] if origin == "published" else ours(rows)
 
 
 def sigmas_and_sweeps(summary: pd.DataFrame) -> tuple[list[float], list[str]]:
@@ -194,6 +196,12 @@ def plot_per_sigma(
                     markersize=7,
                     label=f"{setting}, published",
                 )
+        files = _cohen_rows(summary, "published")
+        files = files[(files["sigma"] - sigma).abs() < 1e-12]
+        if len(files):  # the papers' own per-example files at this σ, on the same axes
+            for model, part in curves(files, radius_max).groupby("model", sort=False):
+                ax.plot(part["radius"], part["certified_accuracy"], color=method_color(part["method"].iloc[0]),
+                        linewidth=1.2, linestyle=(0, (1, 1)), label=model)  # fmt: skip
         ax.legend(frameon=True, fontsize="x-small")
         paths += _save(fig, Path(figures_dir) / f"certified_accuracy_sigma{sigma_tag(sigma)}")
     return paths

@@ -25,8 +25,19 @@ def run_labels(summary: pd.DataFrame) -> pd.Series:
     label = label.where(~both, label + " [" + checkpoint + "]")
     health = summary.get("train_health", pd.Series("", index=summary.index)).astype(object).fillna("").astype(str)
     label = label.where(~health.str.startswith("collapsed"), label + " (collapsed)")  # in every table and legend
+    label = label.where(~is_published(summary), label + " (published, per example)")
     marks, _ = footnotes(summary)
     return label + marks
+
+
+def is_published(summary: pd.DataFrame) -> pd.Series:
+    """Rows of a paper's own per-example file (methods/report/imported.py), not a run of ours."""
+    return summary.get("origin", pd.Series("", index=summary.index)).astype(object).fillna("").eq("published")
+
+
+def ours(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of our own runs: what envelopes, claims and costs are made of."""
+    return summary[~is_published(summary)]
 
 
 def caveats(row) -> list[str]:

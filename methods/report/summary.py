@@ -85,9 +85,10 @@ def read_checked(tsv: Path) -> tuple[pd.DataFrame, dict]:
             row = int(bad.idxmax())
             raise InputError(f"{tsv}: data row {row + 1}, column {column}: not a number: {frame[column][row]!r}")
         frame[column] = values
-    for column in [c for c in frame.columns if c not in NUMERIC]:
+    for column in [c for c in frame.columns if c not in NUMERIC]:  # numbers where every non-empty cell is one
         numbers = pd.to_numeric(frame[column], errors="coerce")
-        frame[column] = numbers if numbers.notna().all() and len(frame) else frame[column].replace("", float("nan"))
+        empty = frame[column].astype(str).str.strip().eq("")
+        frame[column] = numbers if (numbers.notna() | empty).all() else frame[column].where(~empty, None)
 
     def fail(row: int, why: str):
         raise InputError(f"{tsv}: data row {row + 1} (idx {int(frame['idx'][row])}): {why}")
@@ -193,8 +194,10 @@ def summarize(
                 # early, a few run to the cap)
                 "samples_median": float(frame["samples"].median()) if "samples" in frame else float("nan"),
                 "samples_p90": float(frame["samples"].quantile(0.9)) if "samples" in frame else float("nan"),
-                "certify_path": "/".join(sorted(set(frame["path"]))) if "path" in frame else "",
-                "certify_dtype": "/".join(sorted(set(frame["dtype"]))) if "dtype" in frame else "",
+                "certify_path": "/".join(sorted({str(p) for p in frame["path"].dropna()})) if "path" in frame else "",
+                "certify_dtype": "/".join(sorted({str(d) for d in frame["dtype"].dropna()}))
+                if "dtype" in frame
+                else "",
                 "device": info["device"],
                 "certify_device": meta["provenance"]["device_name"],
                 "examples": len(frame),
@@ -209,7 +212,10 @@ def summarize(
                 "note": notes.get(match["run"], ""),
                 "best_epoch": info.get("best_epoch"),
                 "selected_by": info.get("selected_by", ""),
-                "train_health": info.get("health", ""),  # "collapsed: ..." where training never left chance
+                "train_health": info.get("health", ""),
+                "origin": "published"
+                if meta.get("published")
+                else "",  # a paper's own per-example file  # "collapsed: ..." where training never left chance
                 "published": json.dumps(published[match["run"]]) if published.get(match["run"]) else "",
             }
         )

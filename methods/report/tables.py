@@ -14,7 +14,7 @@ import pandas as pd
 from ..certify.registry import CERTIFIERS
 from .compare import caption as compare_caption
 from .compare import comparison_table, published_refs, ref_label
-from .labels import checkpoints, footnotes, of_norm, radius_columns, run_labels
+from .labels import checkpoints, footnotes, of_norm, ours, radius_columns, run_labels
 from .published import select
 
 
@@ -38,7 +38,7 @@ def envelope_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Per method and certifier, the best certified accuracy over all its runs at each radius (Salman et al.'s
     "upper envelope" over a grid), mean over seeds first; `best` names the run behind each column (ties → the run
     with the higher clean accuracy)."""
-    summary = of_norm(summary, "l2")
+    summary = ours(of_norm(summary, "l2"))
     radius_cols = radius_columns(summary)
     per_run = summary.groupby(["method", "certifier", "run"], sort=False)[radius_cols].mean().reset_index()
     rows = []
