@@ -10,10 +10,11 @@ On a CPU shared with other jobs, use --threads 1: torch's 2-thread kernels slowe
 core (OpenMP threads waiting on a descheduled sibling), single-threaded ones did not. These runs measure the chunked
 torch path (METHODS_LINF_TRITON=0 in the child).
 
-`triton_vs_chunked` (and the CLI, on CUDA) compares the Triton kernels of methods/kernels/lp_dist_triton.py with the chunked
-path on the same GPU: forward + backward seconds and peak memory growth, one subprocess per path and p. Without
-CUDA it returns no rows and the CLI prints "Triton path needs CUDA: skipped".
+`triton_vs_chunked` (and the CLI, on CUDA) compares the Triton kernels of methods/kernels/lp_dist_triton.py with the
+chunked path on the same GPU: forward + backward seconds and peak memory growth, one subprocess per path and p.
+Without CUDA it returns no rows and the CLI prints "Triton path needs CUDA: skipped".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,8 +98,9 @@ print(json.dumps(dict(seconds=seconds, peak_mem_mb=(torch.cuda.max_memory_alloca
 """
 
 
-def triton_vs_chunked(batch: int = 512, width: int = 5120, p: float = float("inf"), device: str = "cuda",
-                      reps: int = 3) -> list[dict]:
+def triton_vs_chunked(
+    batch: int = 512, width: int = 5120, p: float = float("inf"), device: str = "cuda", reps: int = 3
+) -> list[dict]:
     """One ℓp-dist layer (in = out = width, float32) forward + backward, the chunked torch path ("reference") and
     the Triton kernels ("fast"), each in a fresh subprocess after one untimed full-size call: rows with workload,
     path, device, seconds (mean per forward + backward over `reps`), peak_mem_mb (growth of
@@ -113,8 +115,15 @@ def triton_vs_chunked(batch: int = 512, width: int = 5120, p: float = float("inf
         args = json.dumps([batch, width, float(p), str(device), reps, path])
         out = subprocess.run([sys.executable, "-c", PATH_CHILD, args], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append(dict(workload=f"lp_dist fwd+bwd: p={float(p):g}, batch={batch}, in=out={width}", path=path,
-                         device=r["device"], seconds=r["seconds"], peak_mem_mb=r["peak_mem_mb"]))
+        rows.append(
+            dict(
+                workload=f"lp_dist fwd+bwd: p={float(p):g}, batch={batch}, in=out={width}",
+                path=path,
+                device=r["device"],
+                seconds=r["seconds"],
+                peak_mem_mb=r["peak_mem_mb"],
+            )
+        )
     return rows
 
 
@@ -126,21 +135,32 @@ def main(argv=None):
     ap.add_argument("--chunk-mb", type=float, default=None, help="tile budget (default: per device)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads (0: torch's default; 1 is steadier on a shared machine)")
-    ap.add_argument("--triton-only", action="store_true",
-                    help="only the Triton-vs-chunked comparison (CUDA), not the --device run of the chunked path")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch's default; 1 is steadier on a shared machine)",
+    )
+    ap.add_argument(
+        "--triton-only",
+        action="store_true",
+        help="only the Triton-vs-chunked comparison (CUDA), not the --device run of the chunked path",
+    )
     args = ap.parse_args(argv)
     chunk = None if args.chunk_mb is None else int(args.chunk_mb * 2**20)
     naive = args.batch * args.width * args.width * 4
-    print(f"one layer, batch {args.batch}, in = out = {args.width}, float32, {args.device}; "
-          f"naive B×out×in temporary: {naive / 1e9:.1f} GB ({naive / 2**30:.1f} GiB)")
+    print(
+        f"one layer, batch {args.batch}, in = out = {args.width}, float32, {args.device}; "
+        f"naive B×out×in temporary: {naive / 1e9:.1f} GB ({naive / 2**30:.1f} GiB)"
+    )
     for p in [] if args.triton_only else args.p:
         r = run(args.batch, args.width, p, chunk, args.device, args.reps, args.threads)
-        print(f"p = {p:g}: forward {r['fwd_s']:.2f} s, backward {r['bwd_s']:.2f} s, "
-              f"total {r['fwd_s'] + r['bwd_s']:.2f} s; peak memory growth {r['peak_growth_bytes'] / 2**20:.0f} MiB "
-              f"(tile budget {r['budget_bytes'] / 2**20:.0f} MiB, tile {r['tile'][0]}×{r['tile'][1]}×{args.width}, "
-              f"{r['threads']} threads); naive / measured = {naive / max(r['peak_growth_bytes'], 1):.0f}×")
+        print(
+            f"p = {p:g}: forward {r['fwd_s']:.2f} s, backward {r['bwd_s']:.2f} s, "
+            f"total {r['fwd_s'] + r['bwd_s']:.2f} s; peak memory growth {r['peak_growth_bytes'] / 2**20:.0f} MiB "
+            f"(tile budget {r['budget_bytes'] / 2**20:.0f} MiB, tile {r['tile'][0]}×{r['tile'][1]}×{args.width}, "
+            f"{r['threads']} threads); naive / measured = {naive / max(r['peak_growth_bytes'], 1):.0f}×"
+        )
     if not _cuda_available():
         print("Triton path needs CUDA: skipped")
         return
@@ -149,9 +169,11 @@ def main(argv=None):
         rows = triton_vs_chunked(args.batch, args.width, p, device, max(args.reps, 1))
         ref, fast = rows
         for r in rows:
-            print(f"p = {p:g}, {r['path']:<9} ({'chunked torch' if r['path'] == 'reference' else 'Triton'}): "
-                  f"forward + backward {r['seconds']:.3f} s, peak memory growth {r['peak_mem_mb']:.0f} MiB "
-                  f"({r['device']})")
+            print(
+                f"p = {p:g}, {r['path']:<9} ({'chunked torch' if r['path'] == 'reference' else 'Triton'}): "
+                f"forward + backward {r['seconds']:.3f} s, peak memory growth {r['peak_mem_mb']:.0f} MiB "
+                f"({r['device']})"
+            )
         print(f"p = {p:g}: Triton / chunked time = {fast['seconds'] / ref['seconds']:.2f}×")
 
 

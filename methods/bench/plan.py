@@ -17,6 +17,7 @@ A job without a rate is listed with its reason and left out of the totals, never
 `python -m methods bench` is to write: rows whose workload is `train:<dataset>:<method>` or
 `certify:<dataset>:<certifier>` (path `fast` preferred over `reference`) replace the papers' rates.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,7 @@ class Rate:
 
 
 def _gpus(hardware: str) -> int:
-    """"4 P100" → 4; "1 P100", "RTX 3090", "" → 1."""
+    """ "4 P100" → 4; "1 P100", "RTX 3090", "" → 1."""
     first = hardware.split()[0] if hardware.split() else ""
     return int(first) if first.isdigit() else 1
 
@@ -63,10 +64,15 @@ def _published_rate(published: pd.DataFrame, paper: str, dataset: str, setting: 
 
 def paper_train_rate(published: pd.DataFrame, dataset: str, method: str, hparams: dict) -> Rate | None:
     """sec/epoch on the paper's hardware, per the module docstring (None: no published basis)."""
-    table3 = {m: _published_rate(published, "macer2020", dataset, f"{name}-0.25", "sec_per_epoch")
-              for m, name in (("cohen", "Cohen"), ("macer", "MACER"), ("salman", "Salman"))}
-    hardware = published[(published["paper"] == "macer2020") & (published["dataset"] == dataset)
-                         & (published["metric"] == "sec_per_epoch")]["hardware"]
+    table3 = {
+        m: _published_rate(published, "macer2020", dataset, f"{name}-0.25", "sec_per_epoch")
+        for m, name in (("cohen", "Cohen"), ("macer", "MACER"), ("salman", "Salman"))
+    }
+    hardware = published[
+        (published["paper"] == "macer2020")
+        & (published["dataset"] == dataset)
+        & (published["metric"] == "sec_per_epoch")
+    ]["hardware"]
     where = f"MACER Table 3 ({hardware.iloc[0]})" if len(hardware) else "MACER Table 3"
     gpus = _gpus(hardware.iloc[0]) if len(hardware) else 1
     if method in ("cohen", "macer") and table3[method]:
@@ -125,34 +131,61 @@ def plan(config: dict, published: pd.DataFrame, bench: pd.DataFrame | None = Non
     for dataset, run, seed in mc.runs_of(config):
         spec = mc.resolve_run(config, run, seed)
         method, epochs = spec["method"], spec["train"]["epochs"]
-        rate = measured.get(f"train:{dataset}:{method}") or paper_train_rate(published, dataset, method,
-                                                                            spec["hparams"])
+        rate = measured.get(f"train:{dataset}:{method}") or paper_train_rate(
+            published, dataset, method, spec["hparams"]
+        )
         hours = rate.seconds * epochs / 3600 if rate else math.nan
-        rows.append({"job": "train", "run": run, "seed": seed, "method": method, "certifier": "", "units": epochs,
-                     "unit": "epochs", "seconds_per_unit": rate.seconds if rate else math.nan,
-                     "hours": hours, "gpus": rate.gpus if rate else math.nan,
-                     "gpu_hours": hours * rate.gpus if rate else math.nan,
-                     "source": rate.source if rate else f"no published or measured rate for {method} training"})
+        rows.append(
+            {
+                "job": "train",
+                "run": run,
+                "seed": seed,
+                "method": method,
+                "certifier": "",
+                "units": epochs,
+                "unit": "epochs",
+                "seconds_per_unit": rate.seconds if rate else math.nan,
+                "hours": hours,
+                "gpus": rate.gpus if rate else math.nan,
+                "gpu_hours": hours * rate.gpus if rate else math.nan,
+                "source": rate.source if rate else f"no published or measured rate for {method} training",
+            }
+        )
         cert = spec["certify"]
         images = len(subset_indices(TEST_SIZES[dataset], cert["start"], cert["skip"], cert["count"]))
         for certifier in cert["certifiers"]:
             rate = _measured_certify(measured, dataset, certifier) or paper_certify_rate(published, dataset, certifier)
             per_image = rate.seconds * (cert["n"] + cert["n0"]) / (100_000 + 100) if rate else math.nan
             checkpoints = 2 if spec["train"]["select_best"] else 1
-            rows.append({"job": "certify", "run": run, "seed": seed, "method": method, "certifier": certifier,
-                         "units": images * checkpoints, "unit": "images", "seconds_per_unit": per_image,
-                         "hours": per_image * images * checkpoints / 3600 if rate else math.nan,
-                         "gpus": 1 if rate else math.nan,
-                         "gpu_hours": per_image * images * checkpoints / 3600 if rate else math.nan,
-                         "source": rate.source if rate else f"no published or measured rate for {certifier}"})
+            rows.append(
+                {
+                    "job": "certify",
+                    "run": run,
+                    "seed": seed,
+                    "method": method,
+                    "certifier": certifier,
+                    "units": images * checkpoints,
+                    "unit": "images",
+                    "seconds_per_unit": per_image,
+                    "hours": per_image * images * checkpoints / 3600 if rate else math.nan,
+                    "gpus": 1 if rate else math.nan,
+                    "gpu_hours": per_image * images * checkpoints / 3600 if rate else math.nan,
+                    "source": rate.source if rate else f"no published or measured rate for {certifier}",
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def summary(jobs: pd.DataFrame) -> pd.DataFrame:
     """Wall hours (on the rate's hardware) and GPU-hours per job kind and method, and how many jobs have no rate
     (their group's hours stay empty rather than 0 when none has one)."""
-    return (jobs.groupby(["job", "method"], sort=False)
-            .agg(jobs=("hours", "size"), hours=("hours", lambda h: h.sum(min_count=1)),
-                 gpu_hours=("gpu_hours", lambda h: h.sum(min_count=1)),
-                 without_rate=("hours", lambda h: int(h.isna().sum())))
-            .reset_index())
+    return (
+        jobs.groupby(["job", "method"], sort=False)
+        .agg(
+            jobs=("hours", "size"),
+            hours=("hours", lambda h: h.sum(min_count=1)),
+            gpu_hours=("gpu_hours", lambda h: h.sum(min_count=1)),
+            without_rate=("hours", lambda h: int(h.isna().sum())),
+        )
+        .reset_index()
+    )

@@ -14,6 +14,7 @@ optimizer, NCHW) and on the fast path (methods/train/fast.py: bf16 autocast on C
 fused optimizer), on the same random batch. Only the step is timed on both paths, not the data loading: the fast
 path's on-device crop/flip is not in its number, nor the reference path's DataLoader in its own.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,14 @@ from ..train import fast as fast_train
 from ..train.build import build_training
 
 #: Training-set sizes the sec/epoch extrapolation uses (synthetic datasets stand for the real ones).
-TRAIN_SIZES = {"digits": 1297, "mnist": 60_000, "cifar10": 50_000, "imagenet": 1_281_167,
-               "synthetic-cifar10": 50_000, "synthetic-imagenet": 1_281_167}
+TRAIN_SIZES = {
+    "digits": 1297,
+    "mnist": 60_000,
+    "cifar10": 50_000,
+    "imagenet": 1_281_167,
+    "synthetic-cifar10": 50_000,
+    "synthetic-imagenet": 1_281_167,
+}
 
 
 def _path_spec(spec: dict, fast: bool, compile: bool | None = None) -> dict:
@@ -114,9 +121,15 @@ def time_train_steps(spec: dict, dataset: str, steps: int, warmup: int, device: 
     del timed
     _release(dev)
     batches = math.ceil(TRAIN_SIZES[dataset] / batch)
-    return {"run": spec["run"], "method": spec["method"], "batch_size": batch, "sec_per_batch": sec_per_batch,
-            "images_per_sec": batch / sec_per_batch, "sec_per_epoch": sec_per_batch * batches,
-            "device": device_name(dev)}
+    return {
+        "run": spec["run"],
+        "method": spec["method"],
+        "batch_size": batch,
+        "sec_per_batch": sec_per_batch,
+        "images_per_sec": batch / sec_per_batch,
+        "sec_per_epoch": sec_per_batch * batches,
+        "device": device_name(dev),
+    }
 
 
 def bench(specs: list[dict], dataset: str, steps: int = 3, warmup: int = 1, device: str = "auto") -> list[dict]:
@@ -129,18 +142,35 @@ def bench(specs: list[dict], dataset: str, steps: int = 3, warmup: int = 1, devi
 def format_rows(rows: list[dict]) -> str:
     header = f"{'run':<34} {'method':<7} {'batch':>5} {'s/batch':>9} {'img/s':>9} {'s/epoch':>10} {'×first':>7}"
     lines = [header, "-" * len(header)]
-    lines += [f"{r['run']:<34} {r['method']:<7} {r['batch_size']:>5} {r['sec_per_batch']:>9.4f} "
-              f"{r['images_per_sec']:>9.1f} {r['sec_per_epoch']:>10.1f} {r['ratio_to_first']:>7.2f}" for r in rows]
+    lines += [
+        f"{r['run']:<34} {r['method']:<7} {r['batch_size']:>5} {r['sec_per_batch']:>9.4f} "
+        f"{r['images_per_sec']:>9.1f} {r['sec_per_epoch']:>10.1f} {r['ratio_to_first']:>7.2f}"
+        for r in rows
+    ]
     return "\n".join(lines + [f"device: {rows[0]['device']}"])
 
 
 #: The keys of compare_paths' rows, in order.
-COMPARE_COLUMNS = ("workload", "run", "method", "path", "device", "dtype", "compiled", "batch", "items_per_sec",
-                   "sec_per_batch", "sec_per_epoch", "speedup", "peak_mem_mb")
+COMPARE_COLUMNS = (
+    "workload",
+    "run",
+    "method",
+    "path",
+    "device",
+    "dtype",
+    "compiled",
+    "batch",
+    "items_per_sec",
+    "sec_per_batch",
+    "sec_per_epoch",
+    "speedup",
+    "peak_mem_mb",
+)
 
 
-def compare_paths(specs: list[dict], dataset: str, steps: int = 3, warmup: int = 1, device: str = "auto",
-                  compile: bool | None = None) -> list[dict]:
+def compare_paths(
+    specs: list[dict], dataset: str, steps: int = 3, warmup: int = 1, device: str = "auto", compile: bool | None = None
+) -> list[dict]:
     """Each spec's training step on the reference path and on the fast path, side by side in this process, on
     random batches of `dataset`'s shape and the spec's batch size: two rows per spec (reference first), with
     COMPARE_COLUMNS. Both paths are built and warmed up (`warmup` untimed steps each; a compiled path at least
@@ -155,8 +185,10 @@ def compare_paths(specs: list[dict], dataset: str, steps: int = 3, warmup: int =
     for spec in specs:
         batch = spec["train"]["batch_size"]
         batches = math.ceil(TRAIN_SIZES[dataset] / batch)
-        paths = [_Timed(_path_spec(spec, False), dataset, warmup, dev),
-                 _Timed(_path_spec(spec, True, compile), dataset, warmup, dev)]
+        paths = [
+            _Timed(_path_spec(spec, False), dataset, warmup, dev),
+            _Timed(_path_spec(spec, True, compile), dataset, warmup, dev),
+        ]
         seconds: list[list[float]] = [[], []]
         for _ in range(steps):  # alternating, so that a busy moment of a shared machine hits both paths alike
             for timed, times in zip(paths, seconds):
@@ -164,23 +196,39 @@ def compare_paths(specs: list[dict], dataset: str, steps: int = 3, warmup: int =
         reference = statistics.median(seconds[0])
         for timed, times in zip(paths, seconds):
             path, sec = timed.t.path, statistics.median(times)
-            rows.append({"workload": f"train:{dataset}:{spec['method']}", "run": spec["run"],
-                         "method": spec["method"], "path": path.name, "device": name, "dtype": path.dtype,
-                         "compiled": path.compile, "batch": batch, "items_per_sec": batch / sec,
-                         "sec_per_batch": sec, "sec_per_epoch": sec * batches, "speedup": reference / sec,
-                         "peak_mem_mb": timed.peak_mem_mb})
+            rows.append(
+                {
+                    "workload": f"train:{dataset}:{spec['method']}",
+                    "run": spec["run"],
+                    "method": spec["method"],
+                    "path": path.name,
+                    "device": name,
+                    "dtype": path.dtype,
+                    "compiled": path.compile,
+                    "batch": batch,
+                    "items_per_sec": batch / sec,
+                    "sec_per_batch": sec,
+                    "sec_per_epoch": sec * batches,
+                    "speedup": reference / sec,
+                    "peak_mem_mb": timed.peak_mem_mb,
+                }
+            )
         del paths
         _release(dev)
     return rows
 
 
 def format_comparison(rows: list[dict]) -> str:
-    header = (f"{'run':<34} {'path':<9} {'dtype':<8} {'compiled':>8} {'batch':>5} {'s/batch':>9} {'img/s':>9} "
-              f"{'s/epoch':>10} {'speedup':>7} {'peak MB':>8}")
+    header = (
+        f"{'run':<34} {'path':<9} {'dtype':<8} {'compiled':>8} {'batch':>5} {'s/batch':>9} {'img/s':>9} "
+        f"{'s/epoch':>10} {'speedup':>7} {'peak MB':>8}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         peak = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
-        lines.append(f"{r['run']:<34} {r['path']:<9} {r['dtype']:<8} {str(r['compiled']):>8} {r['batch']:>5} "
-                     f"{r['sec_per_batch']:>9.4f} {r['items_per_sec']:>9.1f} {r['sec_per_epoch']:>10.1f} "
-                     f"{r['speedup']:>7.2f} {peak:>8}")
+        lines.append(
+            f"{r['run']:<34} {r['path']:<9} {r['dtype']:<8} {str(r['compiled']):>8} {r['batch']:>5} "
+            f"{r['sec_per_batch']:>9.4f} {r['items_per_sec']:>9.1f} {r['sec_per_epoch']:>10.1f} "
+            f"{r['speedup']:>7.2f} {peak:>8}"
+        )
     return "\n".join(lines + [f"device: {rows[0]['device']}" if rows else "no runs"])
