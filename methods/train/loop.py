@@ -441,7 +441,8 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
         }
         if early is not None and early.after_epoch(model, epoch + 1) and ctx.main:  # early stop (Fast AT)
             print(f"{spec['run']} seed {seed}: early stop after epoch {epoch + 1} (check accuracy "
-                  f"{early.accuracies[-1]:.4f} after {early.previous:.4f}): epoch {epoch}'s weights kept", flush=True)  # fmt: skip
+                  f"{early.accuracies[-1]:.4f} after {early.previous:.4f}): epoch {epoch}'s weights kept",
+                  flush=True)  # fmt: skip
         if test_loader is not None and ctx.main:
             t1 = time.perf_counter()
             row["test_loss"], row["test_accuracy"] = evaluate(method, model, test_loader, hp, dev)
