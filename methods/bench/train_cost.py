@@ -32,6 +32,7 @@ from ..train.build import build_training
 TRAIN_SIZES = {
     "digits": 1297,
     "mnist": 60_000,
+    "fashion_mnist": 60_000,
     "cifar10": 50_000,
     "imagenet": 1_281_167,
     "synthetic-cifar10": 50_000,
