@@ -1,7 +1,8 @@
 import methods.core.paths as mc_paths
 
 PUBLISHED_CSV = str(mc_paths.PUBLISHED_CSV)
-CLAIMS_CSV = str(mc_paths.REPO_ROOT / "workflow" / "resources" / "claims.csv")  # the package's copy: the one the steps read
+# the package's copy: the one the steps read
+CLAIMS_CSV = str(mc_paths.REPO_ROOT / "workflow" / "resources" / "claims.csv")
 
 
 rule summarize:
