@@ -216,6 +216,34 @@ def test_requests_shorter_than_a_block_fill_the_round_with_more_images():
             assert fast[i].samples == sum(sizes)
 
 
+class CountingRows(HalfSpace):
+    """HalfSpace that counts the rows it is asked to classify."""
+
+    rows = 0
+
+    def forward(self, x):
+        self.rows += x.shape[0]
+        return super().forward(x)
+
+
+def test_an_eager_round_of_short_requests_classifies_only_the_rows_it_drew():
+    """Short requests (the sequential certifier's looks) leave most of a round's 4,000-row chunk empty: the eager
+    pass classifies the drawn rows only, not the stale rest of the buffer, and gives the plain path's counts."""
+    xs = [torch.full((1, 2, 2), 0.3 + 0.05 * i) for i in range(3)]
+    model = CountingRows(0.5)
+    sampler = FastSampler(model, 2, 0.3, 400, (1, 2, 2), CPU, FastSettings(torch.float32, max_batch=4000))
+    sizes = [110, 121, 133]
+
+    def items():
+        return [(i, xs[i], torch.Generator().manual_seed(i), _counts_plan(sizes)) for i in range(3)]
+
+    fast = dict(sampler.run(items()))
+    assert model.rows == 3 * sum(sizes)
+    plain = dict(run_plain(HalfSpace(0.5), 2, 0.3, 400, items()))
+    for i in range(3):
+        assert [c.tolist() for c in fast[i].result] == [c.tolist() for c in plain[i].result]
+
+
 def test_a_plan_asking_for_nothing_is_refused():
     def bad():
         yield 0

@@ -367,9 +367,15 @@ class FastSampler:
             if not served:
                 yield from instant
                 return
-            # each pass's output copied at once: under CUDA graphs the next replay reuses its buffer
+            # each pass's output copied at once: under CUDA graphs the next replay reuses its buffer. Compiled code
+            # gets whole chunks (a static shape: no recompilation, one CUDA graph); eager passes stop at `offset`, so
+            # a round of short requests (the sequential certifier's looks) does not pay for a full chunk of stale rows.
+            static = self.settings.compile and self.fallback is None
             predictions = torch.cat(
-                [self._forward(buffer[i : i + self.chunk]).clone() for i in range(0, offset, self.chunk)]
+                [
+                    self._forward(buffer[i : i + self.chunk if static else min(i + self.chunk, offset)]).clone()
+                    for i in range(0, offset, self.chunk)
+                ]
             )
             owner = torch.repeat_interleave(torch.tensor(served), torch.tensor(sizes)).to(dev, non_blocking=True)
             counts.view(-1).add_(torch.bincount(owner * classes + predictions[:offset], minlength=counts.numel()))
