@@ -65,7 +65,7 @@ def test_imagenet_timings_count_their_four_gpus():
 
 
 def test_jobs_without_a_rate_are_listed_not_guessed():
-    cfg = _config("digits", {"cohen": {"method": "cohen", "hparams": {"sigma": 0.25}}})
+    cfg = _config("digits", {"cohen": {"method": "cohen", "hparams": {"sigma": 0.25}}}, {"skip": 5, "count": 100})
     jobs = plan(cfg, load_published())
     assert jobs["hours"].isna().all() and jobs["source"].str.startswith("no published or measured rate").all()
     assert summary(jobs)["hours"].isna().all()  # empty, not 0
@@ -88,14 +88,14 @@ def test_measured_rates_come_first_and_the_fast_path_wins():
     assert jobs.loc["certify", "seconds_per_unit"] == pytest.approx(2.0)
 
 
-def test_adaptive_is_bounded_by_certify_and_t_certify_costs_as_much():
+def test_early_stopping_certifiers_are_bounded_by_certify_and_t_certify_costs_as_much():
     cfg = _config(
         "cifar10",
         {
             "cohen": {
                 "method": "cohen",
                 "hparams": {"sigma": 0.25},
-                "certify": {"certifiers": ["cohen", "t-certify", "adaptive"]},
+                "certify": {"certifiers": ["cohen", "t-certify", "adaptive", "sequential"]},
             }
         },
     )
@@ -104,8 +104,10 @@ def test_adaptive_is_bounded_by_certify_and_t_certify_costs_as_much():
     )
     for table, seconds in ((None, 15.0), (bench, 3.0)):
         jobs = plan(cfg, load_published(), table).set_index(["job", "certifier"]).loc["certify"]
-        assert list(jobs["seconds_per_unit"]) == pytest.approx([seconds] * 3)
-        assert "upper bound" in jobs.loc["adaptive", "source"] and "upper bound" not in jobs.loc["t-certify", "source"]
+        assert list(jobs["seconds_per_unit"]) == pytest.approx([seconds] * 4)
+        for early in ("adaptive", "sequential"):
+            assert "upper bound" in jobs.loc[early, "source"]
+        assert "upper bound" not in jobs.loc["t-certify", "source"]
 
 
 def test_cli_plans_the_cifar10_paper_config(tmp_path):

@@ -9,8 +9,8 @@ Rates come from measurements where a benchmark file gives them, else from the pa
   relative to that model; Feng's ADRE at FENG_TO_COHEN × Cohen (k = 8 noisy copies; this harness's measured ratio);
   ℓ∞-dist nets from the v2 CIFAR-10 log (9.6 h for 1300 epochs). Backward smoothing publishes no timing: no rate.
 - certification, sec/image at n = 100,000: Cohen's CERTIFY timing (ResNet-110 / ResNet-50), scaled by n / 100,000
-  (the cost is the n + n0 forward passes); T-CERTIFY and its grid cost the same draws; the adaptive certifier at most
-  as much (listed as an upper bound). ℓ∞ evaluators: no rate.
+  (the cost is the n + n0 forward passes); T-CERTIFY and its grid cost the same draws; the adaptive and sequential
+  certifiers at most as much (listed as an upper bound). ℓ∞ evaluators: no rate.
 A job without a rate is listed with its reason and left out of the totals, never guessed.
 
 `--bench` reads a CSV with columns `workload, path, sec_per_epoch, sec_per_image` (extra columns ignored), as
@@ -92,25 +92,28 @@ def paper_train_rate(published: pd.DataFrame, dataset: str, method: str, hparams
 
 
 def paper_certify_rate(published: pd.DataFrame, dataset: str, certifier: str) -> Rate | None:
-    if certifier not in SMOOTHING_CERTIFIERS + ("adaptive",) or dataset not in CERTIFY_TIMING:
+    if certifier not in SMOOTHING_CERTIFIERS + EARLY_STOPPING or dataset not in CERTIFY_TIMING:
         return None
     paper, setting = CERTIFY_TIMING[dataset]
     seconds = _published_rate(published, paper, dataset, setting, "certify_sec_per_image")
-    return Rate(seconds, f"{paper} {setting}" + ADAPTIVE_BOUND * (certifier == "adaptive")) if seconds else None
+    return Rate(seconds, f"{paper} {setting}" + EARLY_STOP_BOUND * (certifier in EARLY_STOPPING)) if seconds else None
 
 
-#: The adaptive certifier draws at most CERTIFY's n0 + n samples, usually far fewer: CERTIFY's rate bounds it.
-ADAPTIVE_BOUND = " (adaptive: an upper bound, it stops early)"
+#: The adaptive and sequential certifiers draw at most CERTIFY's n0 + n samples, usually far fewer: CERTIFY's rate
+#: bounds them.
+EARLY_STOPPING = ("adaptive", "sequential")
+EARLY_STOP_BOUND = " (stops early: an upper bound)"
 
 
 def _measured_certify(measured: dict, dataset: str, certifier: str) -> Rate | None:
-    """A benchmarked rate: the certifier's own, else (T-CERTIFY, its grid, adaptive: the same draws or fewer)
+    """A benchmarked rate: the certifier's own, else (T-CERTIFY, its grid, adaptive, sequential: the same
+    draws or fewer)
     CERTIFY's."""
     rate = measured.get(f"certify:{dataset}:{certifier}")
     cohen = measured.get(f"certify:{dataset}:cohen")
-    if rate or not cohen or certifier not in SMOOTHING_CERTIFIERS + ("adaptive",):
+    if rate or not cohen or certifier not in SMOOTHING_CERTIFIERS + EARLY_STOPPING:
         return rate
-    return Rate(cohen.seconds, cohen.source + ADAPTIVE_BOUND * (certifier == "adaptive"), cohen.gpus)
+    return Rate(cohen.seconds, cohen.source + EARLY_STOP_BOUND * (certifier in EARLY_STOPPING), cohen.gpus)
 
 
 def bench_rates(bench: pd.DataFrame) -> dict[str, Rate]:
