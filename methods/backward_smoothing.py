@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from .core.adversary import frozen_eval, project_linf
 from .core.interface import HparamError, StepResult, require_non_negative, require_positive
+from .core.recipes import CIFAR10_NORMALIZATION
 
 THREAT_MODEL = "linf-empirical"
 SOURCE = "official code (jinghuichen/BackwardSmoothing)"
@@ -186,7 +187,7 @@ PAPER = {
     # WideResNet-34-10, AutoAttack (standard, ε = 8/255), public leaderboard entries of the paper's models (%).
     "cifar10": dict(
         _COMMON,
-        normalization=dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)),
+        normalization=CIFAR10_NORMALIZATION,
         published=dict(arch="wrn34_10", clean=85.32, autoattack=51.12),
     ),
     "cifar100": dict(

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from .core.collectives import no_sync
 from .core.interface import HparamError, StepResult, require_choice, require_positive
+from .core.recipes import CIFAR10_NORMALIZATION
 
 THREAT_MODEL = "linf-empirical"
 SOURCE = (
@@ -206,7 +207,7 @@ PAPER = {
     # README: 86.06 % clean / 46.06 % PGD-50×10, 12 min; RobustBench Wong2020Fast: 83.34 clean, 43.21 AutoAttack.
     "cifar10": dict(
         arch="preact_resnet18",
-        normalization=dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)),
+        normalization=CIFAR10_NORMALIZATION,
         train=_TRAIN,
         hparams=dict(epsilon=8 / 255, step_size=10 / 255, init="random", amp="float16", early_stop=False),
         evaluation=dict(
@@ -218,7 +219,7 @@ PAPER = {
     # The same with --early-stop (METHODS.md §7.6 names it as a second run).
     "cifar10-early-stop": dict(
         arch="preact_resnet18",
-        normalization=dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)),
+        normalization=CIFAR10_NORMALIZATION,
         train=_TRAIN,
         hparams=dict(epsilon=8 / 255, step_size=10 / 255, init="random", amp="float16", early_stop=True),
     ),

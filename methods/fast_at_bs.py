@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .core.adversary import frozen_eval, project_linf
 from .core.interface import HparamError, StepResult, require_non_negative, require_positive
+from .core.recipes import BACKWARD_SMOOTHING_RECIPE, CIFAR10_NORMALIZATION
 
 THREAT_MODEL = "linf-empirical"
 SOURCE = "official code (jinghuichen/BackwardSmoothing train_pgdat_fast.py + pgd_fast.py)"
@@ -79,29 +80,14 @@ def objective(model, x: torch.Tensor, y: torch.Tensor, delta0: torch.Tensor, hp:
     return StepResult(F.cross_entropy(logits, y), (logits.argmax(1) == y).sum(), len(x))
 
 
-#: The BS recipe (§5, §7.4): the settings every BS trainer shares, with the §7.0 best-epoch selection.
-_TRAIN = dict(
-    optimizer="sgd",
-    lr=0.1,
-    momentum=0.9,
-    weight_decay=5e-4,
-    batch_size=128,
-    epochs=100,
-    schedule="multistep",
-    schedule_step="iteration",
-    milestone_fractions=[0.5, 0.75],
-    gamma=0.1,
-    augment=True,
-    select_best=dict(eps=0.031, step_size=0.0078, steps=20, loss="ce", images=2560),
-)
 #: The PAPER setting whose hparams are Hparams' defaults.
 DEFAULTS = "cifar10"
 PAPER = {
     # No published number: the BS paper's Fast AT rows were not readable (METHODS.md §7.5, "source not read").
     "cifar10": dict(
         archs=("resnet18", "wrn34_10"),
-        normalization=dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)),
-        train=_TRAIN,
+        normalization=CIFAR10_NORMALIZATION,
+        train=BACKWARD_SMOOTHING_RECIPE,
         hparams=dict(epsilon=0.031, step_size=0.031, steps=1, logged_forward=True),
     ),
 }

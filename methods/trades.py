@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from .core.adversary import frozen_eval, project_linf
 from .core.interface import HparamError, StepResult, require_choice, require_non_negative, require_positive
+from .core.recipes import BACKWARD_SMOOTHING_RECIPE, CIFAR10_NORMALIZATION
 
 THREAT_MODEL = "linf-empirical"
 SOURCE = (
@@ -149,22 +150,6 @@ _OFFICIAL_TRAIN = dict(
     gamma=0.1,
     augment=True,
 )
-#: The backward-smoothing recipe (§5): lr ×0.1 at 50 % and 75 % of the iterations, stepped per iteration.
-_BS_TRAIN = dict(
-    optimizer="sgd",
-    lr=0.1,
-    momentum=0.9,
-    weight_decay=5e-4,
-    batch_size=128,
-    epochs=100,
-    schedule="multistep",
-    schedule_step="iteration",
-    milestone_fractions=[0.5, 0.75],
-    gamma=0.1,
-    augment=True,
-    select_best=dict(eps=0.031, step_size=0.0078, steps=20, loss="ce", images=2560),
-)
-_BS_NORMALIZATION = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616))
 _OFFICIAL = dict(epsilon=0.031, step_size=0.007, steps=10, beta=6.0, init="gaussian_0.001", attack_target="per_step",
                  recompute_clean_target=True, logged_forward=False)  # fmt: skip
 #: The PAPER setting whose hparams are Hparams' defaults.
@@ -185,13 +170,16 @@ PAPER = {
     ),
     # §7.2: the BS comparison row, TRADES's attack (K = 10, α = 0.007, β = 6) on the BS recipe; the init is a choice.
     "cifar10-bs-trades10": dict(
-        archs=("resnet18", "wrn34_10"), normalization=_BS_NORMALIZATION, train=_BS_TRAIN, hparams=_OFFICIAL
+        archs=("resnet18", "wrn34_10"),
+        normalization=CIFAR10_NORMALIZATION,
+        train=BACKWARD_SMOOTHING_RECIPE,
+        hparams=_OFFICIAL,
     ),
     # §7.4 row c: Fast TRADES, the BS repository's trades_fast.py at its defaults.
     "cifar10-bs-fast-trades": dict(
         archs=("resnet18", "wrn34_10"),
-        normalization=_BS_NORMALIZATION,
-        train=_BS_TRAIN,
+        normalization=CIFAR10_NORMALIZATION,
+        train=BACKWARD_SMOOTHING_RECIPE,
         hparams=dict(
             epsilon=0.031,
             step_size=0.031,
