@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..core.tsv import read_tsv
 from .compare import published_refs
-from .figures import method_color
+from .figures import method_color, save_figure
 from .labels import checkpoints, ours, run_labels
 from .published import select
 from .tables import robust_accuracy
@@ -101,11 +101,4 @@ def plot_cost_robustness(table: pd.DataFrame, out_stem: str | Path, title: str =
         ax.set(xscale="log", xlabel="training time (seconds, measured)", ylabel=KINDS[kind])
         ax.set_ylim(bottom=0)
     fig.suptitle(textwrap.fill(title or "Robustness against training cost", 80), fontsize="medium")
-    fig.tight_layout()
-    out_stem = Path(out_stem)
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=200)
-    fig.savefig(paths[1])
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out_stem)

@@ -122,8 +122,11 @@ def _published_points(summary: pd.DataFrame, published: pd.DataFrame | None, met
     return pd.DataFrame(rows, columns=["run", "label", "metric", "radius", "value", "sigma"])
 
 
-def _save(fig, out_stem: Path) -> list[Path]:
+def save_figure(fig, out_stem: str | Path) -> list[Path]:
+    """<out_stem>.png (200 dpi) and .pdf, laid out tight; a stem with dots (sigma0.25) keeps them."""
     import matplotlib.pyplot as plt
+
+    out_stem = Path(out_stem)
 
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem.with_name(out_stem.name + ".png"), out_stem.with_name(out_stem.name + ".pdf")]
@@ -203,7 +206,7 @@ def plot_per_sigma(
                 ax.plot(part["radius"], part["certified_accuracy"], color=method_color(part["method"].iloc[0]),
                         linewidth=1.2, linestyle=(0, (1, 1)), label=model)  # fmt: skip
         ax.legend(frameon=True, fontsize="x-small")
-        paths += _save(fig, Path(figures_dir) / f"certified_accuracy_sigma{sigma_tag(sigma)}")
+        paths += save_figure(fig, Path(figures_dir) / f"certified_accuracy_sigma{sigma_tag(sigma)}")
     return paths
 
 
@@ -271,7 +274,7 @@ def plot_sigma_sweeps(
                     label=f"envelope, published ({env['paper'].iloc[0]})",
                 )
         ax.legend(frameon=True, fontsize="x-small")
-        paths += _save(fig, Path(figures_dir) / f"sigma_sweep_{method}")
+        paths += save_figure(fig, Path(figures_dir) / f"sigma_sweep_{method}")
     return paths
 
 
@@ -415,11 +418,4 @@ def plot_certified_accuracy(
         textwrap.fill(title or f"{summary['dataset'].iloc[0]}: certified accuracy vs radius", 60), fontsize="medium"
     )
     ax.legend(frameon=True, fontsize="small")
-    fig.tight_layout()
-    out_stem = Path(out_stem)
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=200)
-    fig.savefig(paths[1])
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out_stem)
