@@ -110,3 +110,17 @@ def test_cost_table_puts_robustness_beside_training_hours(tmp_path):
     assert table.loc["macer", "robustness"] == pytest.approx(1.3 / 4) and table.loc["macer", "train_hours"] == 4.0
     assert table.loc["cohen", "hours_per_unit"] == pytest.approx(1.0 / 0.1)
     assert set(table["kind"]) == {"l2"}
+
+
+def test_a_collapsed_side_keeps_its_verdict_and_says_so(tmp_path):
+    """A run the training health check flagged (summary `train_health`) still gets the data's verdict, and the note
+    names it, so a "does not hold" is not read as the method's failure."""
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0.0, 1.0, 200)
+    table, summary = _table(tmp_path, list(base), list(base + 0.2))
+    healthy_verdict = table["verdict"].iloc[0]
+    summary["train_health"] = np.where(summary["run"] == "macer-0.25", "collapsed: at chance in epochs 2-6", "")
+    flagged = claims_module.claims_table(summary, CLAIM).iloc[0]
+    assert flagged["verdict"] == healthy_verdict == "does not hold"
+    assert "macer-0.25 collapsed: at chance in epochs 2-6" in flagged["note"]
+    assert "cohen-0.25" not in flagged["note"].split("; ")[-1]

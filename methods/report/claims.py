@@ -147,6 +147,15 @@ def _compare(claim, dataset: str, left: pd.DataFrame, right: pd.DataFrame) -> di
             "verdict": verdict(claim.kind, low, high, margin), "note": note}  # fmt: skip
 
 
+def _unhealthy(rows: pd.DataFrame) -> list[str]:
+    """'<run> collapsed in training: …' for a side whose training health check flagged it (summary `train_health`)."""
+    if "train_health" not in rows:
+        return []
+    flags = rows["train_health"].dropna().astype(str)
+    flags = flags[flags.str.strip() != ""]
+    return [f"{rows['run'].iloc[0]} {text}" for text in dict.fromkeys(flags)]
+
+
 def claims_table(summary: pd.DataFrame, claims: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per claim and pair of runs of the summary's dataset (see the module docstring)."""
     claims = load() if claims is None else claims
@@ -165,7 +174,11 @@ def claims_table(summary: pd.DataFrame, claims: pd.DataFrame | None = None) -> p
             continue
         pairs = itertools.product(left.groupby("run", sort=False), right.groupby("run", sort=False))
         for (_, l_rows), (_, r_rows) in pairs:
-            rows.append(_compare(claim, dataset, l_rows, r_rows))
+            row = _compare(claim, dataset, l_rows, r_rows)
+            unhealthy = _unhealthy(l_rows) + _unhealthy(r_rows)
+            if unhealthy:  # the verdict stays the data's; the reader learns why it may say little about the method
+                row["note"] = "; ".join([row.get("note") or "", *unhealthy]).strip("; ")
+            rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
