@@ -85,10 +85,12 @@ def test_smoke_certifies_on_the_fast_path_and_adaptive_uses_fewer_samples(smoke_
     assert all(abs(adaptive[r] - cohen[r]) <= 0.03 for r in ("0.00", "0.25", "0.50"))
     assert adaptive["max_acc_gap_vs_cohen"] <= 0.1
     # the sequential certifier (one confidence sequence for every radius) decides the same radii with fewer draws
-    # still, and gives CERTIFY's certificates away from the cliff as closely as the adaptive one
+    # still; its bound holds at every look, so it is wider than CERTIFY's one Clopper–Pearson bound at n and loses a
+    # few images whose p_A sits just above a radius's threshold (σ = 0.25, r = 0.5 needs p_A > Φ(2) = 0.977): measured
+    # 0.98 / 0.83 / 0.45 against CERTIFY's 0.99 / 0.85 / 0.49 here, hence 5 of 100 images rather than adaptive's 3
     sequential = cost[(cost["run"] == "cohen-0.25") & (cost["certifier"] == "sequential")].iloc[0]
     assert sequential["samples_per_example"] < adaptive["samples_per_example"]
-    assert all(abs(sequential[r] - cohen[r]) <= 0.03 for r in ("0.00", "0.25", "0.50"))
+    assert all(abs(sequential[r] - cohen[r]) <= 0.05 for r in ("0.00", "0.25", "0.50"))
     assert sequential["max_acc_gap_vs_cohen"] <= 0.1
 
 
