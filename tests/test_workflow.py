@@ -307,7 +307,7 @@ dataset: digits
 seeds: [0]
 device: cpu
 train: {epochs: 1, batch_size: 128, lr: 0.05, augment: false}
-certify: {n0: 20, n: 300, batch_size: 100, skip: 20, count: 12, shards: 3, eps_grid: [0.05, 0.1, 0.2]}
+certify: {n0: 20, n: 300, batch_size: 100, skip: 20, count: 12, shards: 2, eps_grid: [0.05, 0.1, 0.2]}
 report: {radii: [0.0, 0.25], linf_radii: [0.0, 0.1]}
 resources:
   train: {threads: 1, mem_mb: 2000, runtime: 10}
@@ -325,7 +325,7 @@ runs:
 
 
 def test_sharded_certification_merges_to_the_unsharded_file(tmp_path):
-    """certify.shards: 3 → three certify_shard jobs per certification and a merge; the merged TSV equals one
+    """certify.shards: 2 → two certify_shard jobs per certification and a merge; the merged TSV equals one
     unsharded certification of the same model, image by image (noise and random starts are seeded per example)."""
     from methods import config as mc
     from methods.certify.step import certify_run
@@ -338,7 +338,7 @@ def test_sharded_certification_merges_to_the_unsharded_file(tmp_path):
     ]
     out = snakemake(tmp_path, *targets, "-n", "--quiet", "rules", "--configfile", str(tmp_path / "config.yaml"))
     jobs = dict(parts for parts in map(str.split, out.stdout.splitlines()) if len(parts) == 2 and parts[1].isdigit())
-    assert jobs.get("certify_shard") == "9" and jobs.get("merge_certify_shards") == "3", out.stdout[-2000:]
+    assert jobs.get("certify_shard") == "6" and jobs.get("merge_certify_shards") == "3", out.stdout[-2000:]
     assert "certify" not in jobs
     out = snakemake(tmp_path, "--cores", "2", *targets, "--configfile", str(tmp_path / "config.yaml"), timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -360,7 +360,7 @@ def test_sharded_certification_merges_to_the_unsharded_file(tmp_path):
         assert len(merged) == 12
         pd.testing.assert_frame_equal(merged.drop(columns="time"), whole.drop(columns="time"))
         meta = json.loads((tmp_path / target).with_suffix(".json").read_text())
-        assert meta["shards"] == 3 and meta["subset"]["examples"] == 12 and len(meta["shard_provenance"]) == 3
+        assert meta["shards"] == 2 and meta["subset"]["examples"] == 12 and len(meta["shard_provenance"]) == 2
 
 
 def test_slurm_placement_reaches_the_jobs_only_where_the_config_sets_it(tmp_path):

@@ -263,7 +263,7 @@ MailProg=/bin/true
 ReturnToService=2
 KillWait=5
 # The plugin's squeue status checks see a finished job only for MinJobAge seconds; below 3 × its initial delay
-# (tests/cluster/profile: 5 s) it falls back to sacct, which fails here, and Snakemake waits forever.
+# (tests/cluster/profile: 1 s) it falls back to sacct, which fails here, and Snakemake waits forever.
 MinJobAge=600
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=smoke Nodes=localhost Default=YES MaxTime=INFINITE State=UP
