@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from .core.errors import ConfigError, DatasetNotFound, InputError, LockError
+from .core.memory import keep_freed_memory
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -367,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or METHODS_DEBUG=1)")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # a CPU job's large activations are reused, not faulted in again every pass
     try:
         args.func(args)
     except (ConfigError, DatasetNotFound, FileNotFoundError, InputError, LockError) as exc:
