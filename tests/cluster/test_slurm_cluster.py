@@ -1,10 +1,11 @@
 """The workflow on a real SLURM: tests/cluster/run_slurm_smoke.sh starts a one-node cluster on this machine, runs
-tests/cluster/smoke.yaml through snakemake-executor-plugin-slurm (tests/cluster/profile) and locally, checks that
-every job of the DAG ran as a SLURM job and that both runs' summary.csv agree exactly, and stops what it started.
+tests/cluster/smoke.yaml through snakemake-executor-plugin-slurm (tests/cluster/profile) and, beside it, locally,
+checks that every job of the DAG ran as a SLURM job and that both runs' summary.csv agree exactly, and stops what it
+started.
 
 Needs root and either Debian's SLURM packages or apt-get with a reachable mirror (the script installs slurmctld,
 slurmd, slurm-client and munge, and the plugin into this interpreter's environment); skipped otherwise, with the
-reason. METHODS_SKIP_SLURM=1 skips it too. It runs last in the session (tests/conftest.py). About 4 minutes.
+reason. METHODS_SKIP_SLURM=1 skips it too. It runs last in the session (tests/conftest.py). About 6 minutes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).with_name("run_slurm_smoke.sh")
-TIMEOUT = 900  # seconds; the script takes about 240 on 2 cores
+TIMEOUT = 900  # seconds; the script takes about 360 on 2 cores
 SKIPPED = 77  # the script's exit status when it cannot run here (not root, packages not installable)
 
 
