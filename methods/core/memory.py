@@ -6,7 +6,6 @@ kernel (48 s, 15 s of it system time → 31 s, 0.9 s). Allocation only: no numbe
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -21,8 +20,8 @@ def keep_freed_memory(threshold: int = KEEP_BELOW) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):  # musl and others: no mallopt
+        mallopt = ctypes.CDLL("libc.so.6").mallopt  # glibc's soname: no ldconfig lookup at every job's start
+    except (OSError, AttributeError):  # musl and others: no libc.so.6 or no mallopt
         return False
     done = True
     for parameter, variable in (
