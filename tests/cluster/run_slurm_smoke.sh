@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The smoke DAG through a real SLURM: a throwaway one-node cluster on localhost, the workflow run through
-# snakemake-executor-plugin-slurm with tests/cluster/profile, the same config run locally, and two checks:
+# snakemake-executor-plugin-slurm with tests/cluster/profile, the same config run locally beside it, and two checks:
 #   (a) every job of the DAG but `all` ran as a SLURM job (tests/cluster/check.py jobs);
 #   (b) summary.csv of the SLURM run equals the local run's on every result column (check.py summaries).
 #
 #   bash tests/cluster/run_slurm_smoke.sh [PYTHON]          # as root, on Debian/Ubuntu
 #
 # PYTHON (argument or environment variable): the interpreter whose environment has this package and Snakemake; the
-#   plugin is pip-installed into it if missing. The local run goes beside the SLURM run, on one core. Default: the repository's .venv/bin/python, else python3.
+#   plugin is pip-installed into it if missing. Default: the repository's .venv/bin/python, else python3.
 # SNAKEMAKE_LIMIT: seconds allowed to each Snakemake run (default 600). KEEP_TMP=1: keep the temporary directory
 #   (always kept after a failure). SLURM_SMOKE_TMPDIR: where to make it (default $TMPDIR or /tmp).
 # Exit status: 0 passed; 77 skipped (not root, or SLURM / munge / the plugin could not be installed); else failed.
