@@ -32,6 +32,7 @@ from .core.data import TEST_SIZES
 from .core.errors import ConfigError
 from .core.interface import HparamError
 from .core.io import spec_json
+from .core.models import WIDTH_ARCHS, resolved_arch
 from .core.paths import DEFAULT_CONFIG, REPO_ROOT, SCHEMA_PATH
 from .registry import get_method
 from .report.published import load as load_published
@@ -214,6 +215,14 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
         raise ConfigError(f"config error at {where}.hparams: {exc} (fields of {run['method']}: {known})") from None
     except HparamError as exc:  # its message starts with the field's name
         raise ConfigError(f"config error at {where}.hparams.{exc}") from None
+
+    if hasattr(method, "ARCH"):  # its own architecture: model.arch and model.width do not apply
+        spec["model"]["width"] = None
+    elif spec["model"]["width"] is not None:
+        arch = resolved_arch(spec["model"]["arch"], spec["dataset"])
+        if arch not in WIDTH_ARCHS:
+            raise ConfigError(f"config error at {where}.model.width: {arch} has no width option (only "
+                              f"{', '.join(WIDTH_ARCHS)})")  # fmt: skip
 
     cert = spec["certify"]
     if cert["certifiers"] is None:

@@ -43,6 +43,8 @@ def with_(**changes) -> dict:
         (with_(dataset="cifar100"), "dataset", "cifar100"),
         (with_(train__schedule="multistep"), "runs.cohen-0.25.train.milestones", "needs milestones"),
         ({"runs": {}}, "runs", "non-empty"),
+        (with_(model__width=0), "model.width", "minimum"),
+        (with_(runs={"x": {"method": "cohen", "model": {"arch": "lenet", "width": 8}}}), "runs.x.model.width", "lenet"),
         ({}, "<top level>", "give `runs` (named runs) and/or `grids`"),
     ],
 )
@@ -411,3 +413,11 @@ def test_attack_eps_resolves_per_evaluator_with_the_runs_own_radius_as_default()
     run["certify"]["attack_eps"] = "8/0"
     with pytest.raises(mc.ConfigError, match="division by zero"):
         mc.validate({"runs": {"x": run}})
+
+
+def test_model_width_reaches_small_cnn_runs_and_not_a_method_with_its_own_architecture():
+    """An experiment-wide `model.width` (the default config's) is part of a small-CNN run's spec, and is dropped from
+    an ℓ∞-dist run's, which builds its own network (as it ignores `model.arch`)."""
+    cfg = mc.validate(with_(model__width=8, runs={"c": {"method": "cohen"}, "l": {"method": "linf_dist"}}))
+    assert mc.resolve_run(cfg, "c", 0)["model"]["width"] == 8
+    assert mc.resolve_run(cfg, "l", 0)["model"]["width"] is None

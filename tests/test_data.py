@@ -61,6 +61,22 @@ def test_digits_split_is_the_documented_fixed_permutation():
     assert sorted(np.concatenate([expected["test"], expected["train"]]).tolist()) == list(range(1797))
 
 
+def test_digits_are_read_without_importing_sklearn_and_fall_back_to_it_loudly(monkeypatch):
+    """The bundled CSV is parsed directly (a job need not import scikit-learn); where the file is not found the same
+    arrays come from load_digits, with a warning."""
+    import subprocess
+    import sys
+
+    code = "import sys; from methods.core import data; data.load('digits', 'test'); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    direct = data.digits_arrays()
+    monkeypatch.setattr(data, "_digits_file", lambda: None)
+    with pytest.warns(UserWarning, match="load_digits"):
+        fallback = data.digits_arrays()
+    assert np.array_equal(direct[0], fallback[0]) and np.array_equal(direct[1], fallback[1])
+
+
 def test_digits_info_mean_std_match_training_split():
     """digits: the mean/std in DATASETS (used by the model's normalization layer) are those of the train split."""
     x, _ = _stack(data.load("digits", "train"))

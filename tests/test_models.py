@@ -51,6 +51,18 @@ def test_models_map_pixels_to_logits(arch, dataset, shape):
     assert models.build(arch, dataset)(torch.rand(3, *shape)).shape == (3, 10)
 
 
+def test_small_cnn_width_sets_its_channels_and_other_archs_refuse_one():
+    """`model.width` (the default config's 8): channels width, 2·width, 2·width; a model file without it (written
+    before the option existed) rebuilds the default 16."""
+    convs = [m for m in models.build("small_cnn", "digits", width=8).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16, 16]
+    info = {"arch": "small_cnn", "normalization": "standard"}
+    assert models.from_spec(info, "digits")[1].features[0].out_channels == 16
+    assert models.from_spec({**info, "width": 8}, "digits")[1].features[0].out_channels == 8
+    with pytest.raises(ValueError, match="no width option"):
+        models.build("lenet", "mnist", width=8)
+
+
 def test_unknown_arch_and_bad_depth_are_refused():
     with pytest.raises(ValueError, match="unknown arch"):
         models.build("vgg", "cifar10")

@@ -8,7 +8,9 @@ datasets are random tensors of the real shapes, for throughput benchmarks only.
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,12 +120,35 @@ def crop_and_flip(size: int, crop_padding: int = 0, padding_mode: str = "constan
     return v2.Compose(steps + ([v2.RandomHorizontalFlip()] if flip else []))
 
 
-def _digits(split: str) -> Dataset:
+def _digits_file() -> Path | None:
+    """scikit-learn's bundled digits (the CSV `load_digits` parses), found without importing scikit-learn."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    return path if path.is_file() else None
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 digits images (8×8, pixel values 0–16) and labels, as `sklearn.datasets.load_digits` returns them.
+    Read straight from the bundled CSV: importing scikit-learn (and scipy with it) costs every job ≈2 s here; a
+    scikit-learn whose file is not where expected is read through `load_digits`, with a warning."""
+    path = _digits_file()
+    if path is not None:
+        table = np.loadtxt(path, delimiter=",")
+        return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
+    warnings.warn("scikit-learn's digits.csv.gz not found: reading the digits through sklearn.datasets.load_digits",
+                  stacklevel=2)  # fmt: skip
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    images = torch.tensor(bunch.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    labels = torch.tensor(bunch.target, dtype=torch.long)
+    return bunch.images, bunch.target
+
+
+def _digits(split: str) -> Dataset:
+    pixels, targets = digits_arrays()
+    images = torch.tensor(pixels / 16.0, dtype=torch.float32).unsqueeze(1)
+    labels = torch.tensor(targets, dtype=torch.long)
     perm = torch.from_numpy(np.random.RandomState(0).permutation(len(labels)))
     idx = perm[:DIGITS_TEST_SIZE] if split == "test" else perm[DIGITS_TEST_SIZE:]
     return TensorDataset(images[idx], labels[idx])

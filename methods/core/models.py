@@ -280,11 +280,18 @@ ARCHS = {
 }
 
 
-def build(arch: str, dataset: str, normalization: str = "standard", mean=None, std=None) -> nn.Sequential:
+#: Architectures with a width option (`model.width`): the channels of their first convolution.
+WIDTH_ARCHS = ("small_cnn",)
+
+
+def build(
+    arch: str, dataset: str, normalization: str = "standard", mean=None, std=None, width: int | None = None
+) -> nn.Sequential:
     """Normalize followed by the network `arch` ("auto" = the dataset's default).
 
     `mean` / `std` override the dataset's constants where a paper used its own (backward smoothing's CIFAR std;
     ℓ∞-dist nets' single scalar std, given as one number, so that ℓ∞ balls map exactly onto network units).
+    `width` (None: the architecture's own) applies to WIDTH_ARCHS only.
     """
     meta = data.info(dataset)
     arch = meta.default_arch if arch == "auto" else arch
@@ -295,13 +302,16 @@ def build(arch: str, dataset: str, normalization: str = "standard", mean=None, s
     std = list(meta.std) if std is None else ([float(std)] * channels if isinstance(std, (int, float)) else list(std))
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"{dataset} has {channels} channels: mean {mean} / std {std} do not match")
-    net = ARCHS[arch](channels, meta.num_classes)
+    if width is not None and arch not in WIDTH_ARCHS:
+        raise ValueError(f"arch {arch} has no width option (only {', '.join(WIDTH_ARCHS)})")
+    net = ARCHS[arch](channels, meta.num_classes) if width is None else SmallCNN(channels, meta.num_classes, width)
     return nn.Sequential(Normalize(mean, std, normalization), net)
 
 
 def from_spec(model_cfg: dict, dataset: str) -> nn.Sequential:
     """The model a spec's (or a model file's) `model` section describes."""
-    return build(model_cfg["arch"], dataset, model_cfg["normalization"], model_cfg.get("mean"), model_cfg.get("std"))
+    return build(model_cfg["arch"], dataset, model_cfg["normalization"], model_cfg.get("mean"), model_cfg.get("std"),
+                 model_cfg.get("width"))  # fmt: skip
 
 
 def for_method(method, hp, model_cfg: dict, dataset: str) -> nn.Module:

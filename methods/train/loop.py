@@ -503,6 +503,7 @@ def _train(spec, out_dir, dev, progress, on_epoch_end, stop: StopRequest, ctx: d
         "normalization": spec["model"]["normalization"],
         "mean": spec["model"].get("mean"),
         "std": spec["model"].get("std"),
+        "width": spec["model"].get("width"),
         "threat_model": spec["threat_model"],
         "run": spec["run"],
         "seed": seed,
