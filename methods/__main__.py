@@ -17,10 +17,14 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from .core.errors import ConfigError, DatasetNotFound, InputError, LockError
 from .core.memory import keep_freed_memory
+from .core.usage import usage_line
+
+STARTED = time.perf_counter()  # before any stage is imported: a job's resource line counts its imports
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -377,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
+    finally:  # the job's own resource record, the last line of its log (also when it failed)
+        print(usage_line(STARTED, args.step), file=sys.stderr)
     return 0
 
 

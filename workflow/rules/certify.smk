@@ -11,8 +11,6 @@ rule certify:
         spec=certify_spec,
     log:
         "logs/certify/{dataset}/{run}/seed{seed}/{certifier}.log",
-    benchmark:
-        "logs/benchmarks/certify/{dataset}/{run}/seed{seed}/{certifier}.tsv"
     threads: res("certify", "threads")
     resources:
         **slurm_placement("certify"),
@@ -37,8 +35,6 @@ use rule certify as certify_best with:
         meta="results/{dataset}/{run}/seed{seed}/certify-best/{certifier}.json",
     log:
         "logs/certify-best/{dataset}/{run}/seed{seed}/{certifier}.log",
-    benchmark:
-        "logs/benchmarks/certify-best/{dataset}/{run}/seed{seed}/{certifier}.tsv"
 
 
 rule certify_shard:

@@ -21,8 +21,6 @@ rule summarize:
         published=json.dumps(mc.published_of(config), sort_keys=True),
     log:
         "logs/summarize/{dataset}.log",
-    benchmark:
-        "logs/benchmarks/summarize/{dataset}.tsv"
     threads: res("report", "threads")
     resources:
         mem_mb=res("report", "mem_mb"),
@@ -75,8 +73,6 @@ rule report:
         title=config["report"]["title"],
     log:
         "logs/report/{dataset}.log",
-    benchmark:
-        "logs/benchmarks/report/{dataset}.tsv"
     threads: res("report", "threads")
     resources:
         mem_mb=res("report", "mem_mb"),
@@ -179,8 +175,6 @@ rule report_linf:
         title=config["report"]["title"],
     log:
         "logs/report_linf/{dataset}.log",
-    benchmark:
-        "logs/benchmarks/report_linf/{dataset}.tsv"
     threads: res("report", "threads")
     resources:
         mem_mb=res("report", "mem_mb"),
