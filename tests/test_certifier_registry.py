@@ -37,6 +37,9 @@ def _spec(method: str) -> dict:
     run = next(name for name, r in config["runs"].items() if r["method"] == method)
     spec = mc.resolve_run(config, run, seed=0)
     spec["device"] = "cpu"
+    # small_cnn's own width (16), not the default config's 8: an untrained width-8 net can sit in dead ReLUs where
+    # PGD has no gradient, and the single-ε test relies on the attack reaching every image at ε = 1
+    spec["model"]["width"] = None
     spec["certify"].update(n0=10, n=100, batch_size=50, skip=50, count=4, eps_grid=[0.05, 0.1], compile=False,
                            attack_eps=0.1)  # fmt: skip
     return spec
@@ -52,9 +55,8 @@ def model_files(tmp_path_factory):
         model = build_training(spec, torch.device("cpu")).model.eval()
         method = METHODS[method_name]
         info = {"method": method_name, "dataset": spec["dataset"], "num_classes": 10, "hparams": spec["hparams"],
-                "epochs_done": 0, "normalization": spec["model"]["normalization"], "threat_model": threat_model,
-                "arch": getattr(method, "ARCH", None) or models.resolved_arch(spec["model"]["arch"], "digits"),
-                "device": "cpu", "run": spec["run"], "seed": 0}  # fmt: skip
+                "epochs_done": 0, "threat_model": threat_model, "device": "cpu", "run": spec["run"], "seed": 0,
+                **models.file_info(spec["model"], "digits", getattr(method, "ARCH", None))}  # fmt: skip
         path = tmp_path_factory.mktemp(threat_model) / "model.pt"
         save_model(model, info, path)
         out[threat_model] = (path, spec)

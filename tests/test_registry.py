@@ -98,8 +98,7 @@ def test_a_model_file_round_trips(name, tmp_path):
         "num_classes": data.info(spec["dataset"]).num_classes,
         "hparams": spec["hparams"],
         "epochs_done": 0,
-        "arch": getattr(method, "ARCH", None) or models.resolved_arch(spec["model"]["arch"], spec["dataset"]),
-        "normalization": spec["model"]["normalization"],
+        **models.file_info(spec["model"], spec["dataset"], getattr(method, "ARCH", None)),
         "threat_model": method.THREAT_MODEL,
     }
     save_model(model, info, tmp_path / "model.pt")

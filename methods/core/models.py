@@ -322,5 +322,17 @@ def for_method(method, hp, model_cfg: dict, dataset: str) -> nn.Module:
     return from_spec(model_cfg, dataset)
 
 
+def file_info(model_cfg: dict, dataset: str, own_arch: str | None = None) -> dict:
+    """What a model file records of its network, enough for `from_spec` to rebuild it: the architecture (a method's
+    own, else the config's, "auto" resolved), normalization, mean / std overrides and the width option."""
+    return {
+        "arch": own_arch or resolved_arch(model_cfg["arch"], dataset),
+        "normalization": model_cfg["normalization"],
+        "mean": model_cfg.get("mean"),
+        "std": model_cfg.get("std"),
+        "width": model_cfg.get("width"),
+    }
+
+
 def resolved_arch(arch: str, dataset: str) -> str:
     return data.info(dataset).default_arch if arch == "auto" else arch
