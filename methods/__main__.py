@@ -24,8 +24,6 @@ from .core.errors import ConfigError, DatasetNotFound, InputError, LockError
 from .core.memory import keep_freed_memory
 from .core.usage import usage_line
 
-STARTED = time.perf_counter()  # before any stage is imported: a job's resource line counts its imports
-
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", help="resolved run spec as JSON (what the Snakemake rules pass)")
@@ -371,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_doctor)
 
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or METHODS_DEBUG=1)")
+    started = time.perf_counter()  # before the step imports its stage: a job's resource line counts its imports
     args = parser.parse_args(argv)
     keep_freed_memory()  # a CPU job's large activations are reused, not faulted in again every pass
     try:
@@ -381,8 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
-    finally:  # the job's own resource record, the last line of its log (also when it failed)
-        print(usage_line(STARTED, args.step), file=sys.stderr)
+    print(usage_line(started, args.step), file=sys.stderr)  # the job's own resource record: its log's last line
     return 0
 
 

@@ -25,10 +25,15 @@ def test_usage_counts_wall_cpu_and_the_peak_of_an_allocation():
     del block
 
 
-def test_every_cli_step_ends_its_log_with_the_line_even_when_it_fails(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "methods", "merge", "--out", str(tmp_path / "m.tsv"),
-                          str(tmp_path / "missing.tsv")], capture_output=True, text=True)  # fmt: skip
-    assert out.returncode == 2
+def test_a_cli_step_ends_its_log_with_the_line_and_an_expected_error_stays_one_line(tmp_path):
+    shard = tmp_path / "s.tsv"
+    shard.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t0.1\n")
+    out = subprocess.run([sys.executable, "-m", "methods", "merge", "--out", str(tmp_path / "m.tsv"), str(shard)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("resources: merge wall ") and "max RSS" in last
+    out = subprocess.run([sys.executable, "-m", "methods", "merge", "--out", str(tmp_path / "m.tsv"),
+                          str(tmp_path / "missing.tsv")], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
     assert usage_line(time.perf_counter(), "x").startswith("resources: x wall 0.0 s, cpu ")
