@@ -510,10 +510,10 @@ def check_triton(env: Env) -> Outcome:
     dev = env.device
     if dev.type != "cuda":
         raise Skipped("needs CUDA (tests/test_linf_dist_triton.py checks the kernels' logic on the CPU, interpreted)")
+    if not lp_dist_op.USE_TRITON:  # first: with it set, triton is not even imported (lp_dist_triton.WANTED)
+        raise Skipped("METHODS_LINF_TRITON=0 is set: the ℓ∞-dist nets run the chunked path")
     if lp_dist_triton.triton is None:
         raise Skipped("triton is not importable: the ℓ∞-dist nets run the chunked path")
-    if not lp_dist_op.USE_TRITON:
-        raise Skipped("METHODS_LINF_TRITON=0 is set: the ℓ∞-dist nets run the chunked path")
     gen = torch.Generator().manual_seed(0)
     x, w, g = (torch.randn(*shape, generator=gen).to(dev) for shape in ((67, 300), (129, 300), (67, 129)))
     worst = 0.0

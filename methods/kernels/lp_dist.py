@@ -22,7 +22,8 @@ from . import lp_dist_triton
 DEFAULT_CHUNK_BYTES = {"cuda": 256 * 2**20, "cpu": 8 * 2**20}
 
 #: lp_dist on float32 CUDA tensors runs the Triton kernels (methods/kernels/lp_dist_triton.py) unless this is False
-#: (METHODS_LINF_TRITON=0 in the environment at import): then, and everywhere else, the chunked torch path.
+#: (METHODS_LINF_TRITON=0 in the environment at import, which also keeps Triton from being imported): then, and
+#: everywhere else, the chunked torch path.
 USE_TRITON = os.environ.get("METHODS_LINF_TRITON", "1") != "0"
 
 
