@@ -32,7 +32,7 @@ from .core.data import TEST_SIZES
 from .core.errors import ConfigError
 from .core.interface import HparamError
 from .core.io import spec_json
-from .core.models import WIDTH_ARCHS, resolved_arch
+from .core.models import check_width, resolved_arch
 from .core.paths import DEFAULT_CONFIG, REPO_ROOT, SCHEMA_PATH
 from .registry import get_method
 from .report.published import load as load_published
@@ -218,11 +218,11 @@ def resolve_run(config: dict, name: str, seed: int | None) -> dict:
 
     if hasattr(method, "ARCH"):  # its own architecture: model.arch and model.width do not apply
         spec["model"]["width"] = None
-    elif spec["model"]["width"] is not None:
-        arch = resolved_arch(spec["model"]["arch"], spec["dataset"])
-        if arch not in WIDTH_ARCHS:
-            raise ConfigError(f"config error at {where}.model.width: {arch} has no width option (only "
-                              f"{', '.join(WIDTH_ARCHS)})")  # fmt: skip
+    else:
+        try:
+            check_width(resolved_arch(spec["model"]["arch"], spec["dataset"]), spec["model"]["width"])
+        except ValueError as exc:
+            raise ConfigError(f"config error at {where}.model.width: {exc}") from None
 
     cert = spec["certify"]
     if cert["certifiers"] is None:

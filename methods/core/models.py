@@ -268,7 +268,7 @@ def _resnet50(in_channels: int, num_classes: int) -> nn.Module:
 
 
 ARCHS = {
-    "small_cnn": lambda c, k: SmallCNN(c, k),
+    "small_cnn": lambda c, k, width=16: SmallCNN(c, k, width),
     "lenet": lambda c, k: LeNet(c, k),
     "cifar_resnet20": lambda c, k: CifarResNet(20, k, c),
     "cifar_resnet56": lambda c, k: CifarResNet(56, k, c),
@@ -282,6 +282,12 @@ ARCHS = {
 
 #: Architectures with a width option (`model.width`): the channels of their first convolution.
 WIDTH_ARCHS = ("small_cnn",)
+
+
+def check_width(arch: str, width: int | None) -> None:
+    """Refuse a width for an architecture that has none (a ValueError naming it)."""
+    if width is not None and arch not in WIDTH_ARCHS:
+        raise ValueError(f"arch {arch} has no width option (only {', '.join(WIDTH_ARCHS)})")
 
 
 def build(
@@ -302,9 +308,8 @@ def build(
     std = list(meta.std) if std is None else ([float(std)] * channels if isinstance(std, (int, float)) else list(std))
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"{dataset} has {channels} channels: mean {mean} / std {std} do not match")
-    if width is not None and arch not in WIDTH_ARCHS:
-        raise ValueError(f"arch {arch} has no width option (only {', '.join(WIDTH_ARCHS)})")
-    net = ARCHS[arch](channels, meta.num_classes) if width is None else SmallCNN(channels, meta.num_classes, width)
+    check_width(arch, width)
+    net = ARCHS[arch](channels, meta.num_classes, **({} if width is None else {"width": width}))
     return nn.Sequential(Normalize(mean, std, normalization), net)
 
 

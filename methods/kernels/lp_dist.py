@@ -10,7 +10,6 @@ over an input box (the interval certificate). `python -m methods.bench.linf_laye
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
@@ -24,7 +23,7 @@ DEFAULT_CHUNK_BYTES = {"cuda": 256 * 2**20, "cpu": 8 * 2**20}
 #: lp_dist on float32 CUDA tensors runs the Triton kernels (methods/kernels/lp_dist_triton.py) unless this is False
 #: (METHODS_LINF_TRITON=0 in the environment at import, which also keeps Triton from being imported): then, and
 #: everywhere else, the chunked torch path.
-USE_TRITON = os.environ.get("METHODS_LINF_TRITON", "1") != "0"
+USE_TRITON = lp_dist_triton.SWITCH != "0"
 
 
 def _budget(chunk_bytes, device: torch.device) -> int:

@@ -45,19 +45,16 @@ import torch
 #: Triton is imported only where its kernels can run: a CUDA device, or its CPU interpreter (TRITON_INTERPRET=1),
 #: or where METHODS_LINF_TRITON=1 asks for it (compiling the kernels ahead of time without a GPU). Every rule starts
 #: Python and imports this module (through the method registry); the import alone costs ≈0.5 s of a CPU job here.
-WANTED = (
-    os.environ.get("METHODS_LINF_TRITON") == "1"
-    or os.environ.get("TRITON_INTERPRET") == "1"
-    or (os.environ.get("METHODS_LINF_TRITON") != "0" and torch.cuda.is_available())
-)
+SWITCH = os.environ.get("METHODS_LINF_TRITON")  # "0": off (kernels.lp_dist.USE_TRITON), "1": import regardless
+WANTED = SWITCH == "1" or os.environ.get("TRITON_INTERPRET") == "1" or (SWITCH != "0" and torch.cuda.is_available())
 
-try:
-    if not WANTED:
-        raise ImportError("no CUDA device and no TRITON_INTERPRET=1")
-    import triton
-    import triton.language as tl
-except ImportError:  # triton ships with the CUDA torch wheels
-    triton = tl = None
+triton = tl = None
+if WANTED:
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:  # triton ships with the CUDA torch wheels
+        triton = tl = None
 
 #: Tile sizes (powers of two): forward (b, o) tile; backward (b or o, i) tile; p = ∞ scatter block; warps.
 #: 64 × 64 tiles on 8 warps compile for sm_90 without register spills (≈ 90-115 registers a thread; ptxas -v).
